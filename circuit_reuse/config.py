@@ -1,0 +1,90 @@
+"""Loading and validating the workflow config against `workflow/schemas/config.schema.yaml`.
+
+Validation fills in the schema's defaults and turns every violation into one line that names the key and
+what is allowed there, so a bad config fails before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The config breaks the schema; the message lists every problem, one per line."""
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return validate_config(yaml.safe_load(path.read_text()) or {})
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a copy of `config` with defaults filled in, or raise ConfigError listing every problem."""
+    schema = schema or load_schema()
+    filled = copy.deepcopy(dict(config))
+    _fill_defaults(filled, schema, schema)
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [_describe(error) for error in errors]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    return filled
+
+
+def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = node.get("$ref")
+    if ref and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            root = root[part]
+        return root
+    return node
+
+
+def _fill_defaults(instance: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    node = _resolve(node, root)
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in node.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def _describe(error: ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, schema['enum']))}"
+    if error.validator == "propertyNames":
+        return f"{where}: key {error.instance!r} is not allowed here ({error.message})"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    hint = f" ({schema['description']})" if "description" in schema else ""
+    return f"{where}: {error.message}{hint}"

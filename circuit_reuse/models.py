@@ -1,0 +1,279 @@
+"""Model caching and loading.
+
+A model spec from the config (a Hub id, a local directory, or a seeded random stand-in) is resolved once
+into a local Hugging Face directory with a manifest: where it came from, the sha256 of every file, the
+model config and the package versions. Every later job loads from that directory alone, so cluster nodes
+without internet never touch the Hub, and a file that changed after caching is caught before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from circuit_reuse.io import read_json, versions, write_json
+
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_ENV = "CIRCUIT_REUSE_TOKENIZER"
+
+# Shapes of the four released GPT-2 sizes; every other field is GPT2Config's default, which is GPT-2's.
+GPT2_SHAPES: dict[str, dict[str, int]] = {
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
+}
+
+# What a GPT-2 checkpoint needs; the Hub repos also hold TF, Flax, ONNX and TFLite copies we never load.
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class ModelCacheError(RuntimeError):
+    """A model could not be cached, or a cached model is missing or no longer matches its manifest."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from. Built from one entry of the config's `models` section."""
+
+    name: str
+    source: Literal["hub", "local", "random"]
+    hub_id: str | None = None
+    revision: str = "main"
+    path: str | None = None
+    architecture: str = "gpt2"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
+        known = {f for f in cls.__dataclass_fields__ if f != "name"}
+        return cls(name=name, **{k: v for k, v in entry.items() if k in known})
+
+
+def resolve_tokenizer_dir(configured: str | os.PathLike | None = None) -> Path | None:
+    """The tokenizer directory for offline machines: the config's setting, else $CIRCUIT_REUSE_TOKENIZER."""
+    value = configured or os.environ.get(TOKENIZER_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not (path / "vocab.json").is_file() and not (path / "tokenizer.json").is_file():
+        raise ModelCacheError(f"tokenizer directory {path} holds no GPT-2 tokenizer files (vocab.json, tokenizer.json)")
+    return path
+
+
+def random_gpt2_config(architecture: str = "gpt2", **overrides: Any):
+    """A GPT2Config with a released size's shape, optionally changed (small shapes for tests)."""
+    from transformers import GPT2Config
+
+    if architecture not in GPT2_SHAPES:
+        raise ModelCacheError(f"unknown architecture {architecture!r}; allowed: {', '.join(GPT2_SHAPES)}")
+    return GPT2Config(**{**GPT2_SHAPES[architecture], **overrides})
+
+
+def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> dict:
+    """Resolve `spec` into a Hugging Face directory at `dest` with a manifest, and return the manifest.
+
+    The directory is built beside `dest` and renamed into place at the end, so an interrupted run leaves
+    no half-written cache behind. An existing cache whose manifest still matches is kept as it is.
+    """
+    dest = Path(dest)
+    if (dest / MANIFEST_NAME).is_file():
+        try:
+            manifest = verify_cache(dest)
+        except ModelCacheError:
+            pass  # a stale or damaged cache is rebuilt below
+        else:
+            if manifest["spec"] == _spec_record(spec):
+                return manifest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
+        work = Path(tmp) / "model"
+        work.mkdir()
+        if spec.source == "hub":
+            _fetch_from_hub(spec, work)
+        elif spec.source == "local":
+            _copy_local(spec, work)
+        elif spec.source == "random":
+            _build_random(spec, work)
+        else:
+            raise ModelCacheError(f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random")
+        if not any((work / f).is_file() for f in ("vocab.json", "tokenizer.json")):
+            if tokenizer_path is None:
+                raise ModelCacheError(
+                    f"model {spec.name!r} comes without a tokenizer: set `tokenizer:` in the config, or "
+                    f"${TOKENIZER_ENV}, to a directory holding the GPT-2 tokenizer files"
+                )
+            for name in TOKENIZER_FILES:
+                if (tokenizer_path / name).is_file():
+                    shutil.copy2(tokenizer_path / name, work / name)
+        _check_architecture(spec, work)
+        manifest = _write_manifest(spec, work)
+        if dest.exists():
+            shutil.rmtree(dest)
+        work.rename(dest)
+    return manifest
+
+
+def verify_cache(model_dir: str | os.PathLike) -> dict:
+    """Check every file against the manifest; return the manifest or raise ModelCacheError naming the file."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelCacheError(
+            f"{model_dir} is not a cached model: {MANIFEST_NAME} is missing (run the cache_model rule)"
+        )
+    manifest = read_json(manifest_path)
+    for name, expected in manifest["files"].items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelCacheError(f"cached model {model_dir}: {name} is listed in the manifest but missing")
+        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            raise ModelCacheError(
+                f"cached model {model_dir}: {name} no longer matches its manifest (sha256 differs); "
+                "delete the directory and cache the model again"
+            )
+    unlisted = [p.name for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.name not in manifest["files"]]
+    if unlisted:
+        raise ModelCacheError(f"cached model {model_dir}: weight files not in the manifest: {', '.join(unlisted)}")
+    return manifest
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when this process sees a GPU and the CPU otherwise; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelCacheError(f"device {device!r} was asked for but this machine has no CUDA GPU; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def load_tokenizer(model_dir: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: torch.dtype = torch.float32):
+    """Load a cached model as a TransformerLens TransformerBridge, ready for analysis.
+
+    The weights are the raw Hugging Face ones (no folded layer norm or centred weights): path patching
+    works on head outputs and q/k/v vectors, which those rewrites leave unchanged, and the logits agree.
+    Gradients are off and the model is in eval mode, so repeated runs give identical numbers.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model_dir = Path(model_dir)
+    verify_cache(model_dir)
+    target = resolve_device(device)
+    model = TransformerBridge.boot_transformers(
+        str(model_dir), device=target, dtype=dtype, tokenizer=load_tokenizer(model_dir)
+    )
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _fetch_from_hub(spec: ModelSpec, work: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    if not spec.hub_id:
+        raise ModelCacheError(f"model {spec.name!r}: source 'hub' needs `hub_id` (e.g. gpt2-medium)")
+    try:
+        snapshot_download(spec.hub_id, revision=spec.revision, local_dir=work, allow_patterns=HUB_FILES)
+    except Exception as error:  # the hub client raises many types for 'offline', 'no such repo', 'no such file'
+        raise ModelCacheError(
+            f"model {spec.name!r}: could not download {spec.hub_id!r} (revision {spec.revision!r}) from the "
+            f"Hugging Face Hub: {error}\nOn a machine without internet, download the model elsewhere and set "
+            f"`source: local` and `path: /dir/with/config.json/and/model.safetensors` for {spec.name!r} in "
+            "config.yaml, or cache it where there is internet (snakemake --until cache_model) and copy "
+            "results/models/ over."
+        ) from error
+    shutil.rmtree(work / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not model files
+
+
+def _copy_local(spec: ModelSpec, work: Path) -> None:
+    if not spec.path:
+        raise ModelCacheError(f"model {spec.name!r}: source 'local' needs `path`, a Hugging Face model directory")
+    source = Path(spec.path).expanduser()
+    if not (source / "config.json").is_file():
+        raise ModelCacheError(f"model {spec.name!r}: {source} is not a Hugging Face model directory (no config.json)")
+    weights = [p for p in source.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    if not weights:
+        raise ModelCacheError(f"model {spec.name!r}: {source} holds no weight files (*.safetensors or *.bin)")
+    for path in source.iterdir():
+        if path.is_file() and (
+            path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".json") or path.name == "merges.txt"
+        ):
+            if path.name != MANIFEST_NAME:
+                shutil.copy2(path, work / path.name)
+
+
+def _build_random(spec: ModelSpec, work: Path) -> None:
+    from transformers import GPT2LMHeadModel
+
+    config = random_gpt2_config(spec.architecture, **spec.overrides)
+    torch.manual_seed(spec.seed)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(work, safe_serialization=True)
+
+
+def _check_architecture(spec: ModelSpec, work: Path) -> None:
+    model_type = read_json(work / "config.json").get("model_type")
+    if model_type != "gpt2":
+        raise ModelCacheError(
+            f"model {spec.name!r} is a {model_type!r} model; circuit-reuse supports the GPT-2 family only"
+        )
+
+
+def _spec_record(spec: ModelSpec) -> dict[str, Any]:
+    record = asdict(spec)
+    record.pop("name")
+    return record
+
+
+def _write_manifest(spec: ModelSpec, work: Path) -> dict:
+    files = {
+        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(work.iterdir())
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    manifest = {
+        "name": spec.name,
+        "spec": _spec_record(spec),
+        "files": files,
+        "config": read_json(work / "config.json"),
+        "versions": versions(),
+    }
+    write_json(work / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

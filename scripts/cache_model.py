@@ -1,0 +1,11 @@
+"""Snakemake job: resolve one model spec into a cached Hugging Face directory with a manifest."""
+
+from pathlib import Path
+
+from circuit_reuse.models import ModelSpec, cache_model
+from circuit_reuse.workflow import job_logging
+
+with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+    spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)  # noqa: F821
+    manifest = cache_model(spec, Path(snakemake.output.manifest).parent, tokenizer_dir=snakemake.params.tokenizer)  # noqa: F821
+    print(f"cached {spec.name}: {len(manifest['files'])} files, config {manifest['config'].get('n_layer')} layers")

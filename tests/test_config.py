@@ -1,0 +1,95 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuit_reuse.config import ConfigError, load_config, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = [REPO / "config.yaml", *sorted((REPO / "workflow" / "configs").glob("*.yaml"))]
+
+
+@pytest.fixture
+def paper_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    config = load_config(path)
+    assert config["models"] and config["tasks"]
+
+
+def test_paper_config_runs_gpt2_small_and_medium_on_both_tasks():
+    config = load_config(REPO / "config.yaml")
+    assert {m["hub_id"] for m in config["models"].values()} == {"gpt2", "gpt2-medium"}
+    assert set(config["tasks"]) == {"ioi", "colored_objects"}
+
+
+def test_defaults_are_filled_in(paper_config):
+    del paper_config["device"]
+    del paper_config["models"]["gpt2-small"]["revision"]
+    config = validate_config(paper_config)
+    assert config["device"] == "auto"
+    assert config["models"]["gpt2-small"]["revision"] == "main"
+    assert paper_config.get("device") is None, "the caller's dict is left unchanged"
+
+
+def _error(config) -> str:
+    with pytest.raises(ConfigError) as raised:
+        validate_config(config)
+    return str(raised.value)
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones(paper_config):
+    paper_config["modles"] = {}
+    message = _error(paper_config)
+    assert "'modles'" in message and "allowed keys:" in message and "models" in message
+
+
+def test_unknown_nested_key(paper_config):
+    paper_config["models"]["gpt2-small"]["hubid"] = "gpt2"
+    message = _error(paper_config)
+    assert "models.gpt2-small" in message and "'hubid'" in message and "hub_id" in message
+
+
+def test_wrong_enum_value_lists_the_allowed_values(paper_config):
+    paper_config["models"]["gpt2-small"]["source"] = "internet"
+    message = _error(paper_config)
+    assert "models.gpt2-small.source" in message and "allowed values: hub, local, random" in message
+
+
+def test_wrong_type_names_the_key(paper_config):
+    paper_config["tasks"]["ioi"]["n_prompts"] = "many"
+    message = _error(paper_config)
+    assert "tasks.ioi.n_prompts" in message and "integer" in message
+
+
+def test_out_of_range_value(paper_config):
+    paper_config["tasks"]["ioi"]["n_prompts"] = 0
+    assert "tasks.ioi.n_prompts" in _error(paper_config)
+
+
+def test_bad_device_explains_the_choices(paper_config):
+    paper_config["device"] = "gpu"
+    message = _error(paper_config)
+    assert "device" in message and "auto" in message and "cuda:N" in message
+
+
+def test_hub_model_without_hub_id(paper_config):
+    del paper_config["models"]["gpt2-small"]["hub_id"]
+    assert "'hub_id' is a required property" in _error(paper_config)
+
+
+def test_every_problem_is_reported_at_once(paper_config):
+    bad = copy.deepcopy(paper_config)
+    bad["device"] = "tpu"
+    bad["tasks"]["colored_objects"]["seed"] = -1
+    message = _error(bad)
+    assert "device" in message and "tasks.colored_objects.seed" in message
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/config.yaml")
