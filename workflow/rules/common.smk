@@ -1,4 +1,5 @@
-# Path helpers shared by the rules files: one place that says where each stage's files live.
+# Where each stage's files live: one place, used by every rules file. All paths are relative to the
+# working directory, so a run with --directory elsewhere (the smoke run, the tests) stays self-contained.
 
 
 def model_dir(model):
@@ -7,3 +8,42 @@ def model_dir(model):
 
 def model_manifest(model):
     return f"{model_dir(model)}/manifest.json"
+
+
+TOKENIZER_DIR = "results/tokenizer"
+
+
+def dataset_path(task):
+    """JSONL, one prompt a line, with `{task}.meta.json` beside it."""
+    return f"results/datasets/{task}.jsonl"
+
+
+def baseline_prompts_path(model, task):
+    return f"results/baselines/{model}/{task}.prompts.parquet"
+
+
+def baseline_summary_path(model, task):
+    return f"results/baselines/{model}/{task}.summary.parquet"
+
+
+def scores_path(model, task, stage):
+    """Path-patching score grid: Parquet, one row per head."""
+    return f"results/patching/{model}/{task}/{stage}.parquet"
+
+
+def circuit_path(model, task):
+    """The discovered circuit: JSON with every stage's selected heads, scores and roles."""
+    return f"results/circuits/{model}/{task}.json"
+
+
+def overlap_dir(model):
+    return f"results/overlap/{model}"
+
+
+def intervention_dir(model):
+    return f"results/intervention/{model}"
+
+
+TABLES_DIR = "results/tables"
+FIGURES_DIR = "figures"
+NOTEBOOKS_OUT_DIR = "results/notebooks"
