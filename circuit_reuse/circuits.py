@@ -1,0 +1,136 @@
+"""Circuits as data: heads selected stage by stage from path-patching score grids, with their roles.
+
+A circuit file (JSON) holds the model, the task, how heads were selected, every stage (its receivers,
+patch position, the layer its senders must lie below, and the heads it selected) and one entry per head
+in the union (the first stage that selected it, its score there and its role).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuit_reuse.io import read_json, write_json
+
+Head = tuple[int, int]
+
+ROLES = (
+    "mover",
+    "negative_mover",
+    "inhibition",
+    "content_gatherer",
+    "induction",
+    "duplicate_token",
+    "previous_token",
+    "other",
+)
+
+
+def head_name(head: Head) -> str:
+    return f"{head[0]}.{head[1]}"
+
+
+def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None) -> list[Head]:
+    """Heads with the largest |score|: the top `top_percent`% of all heads, or every |score| >= `threshold`.
+
+    The count for top-p% is round(p/100 * n_layers * n_heads), at least one (2% of GPT-2 medium's 384
+    heads is 8, the paper's "about 8"). NaN scores (heads that cannot reach the receivers) are never
+    selected. Ties are broken by (layer, head), so the selection is deterministic. Sorted by |score|,
+    largest first.
+    """
+    if (top_percent is None) == (threshold is None):
+        raise ValueError("give exactly one of top_percent and threshold")
+    scores = np.asarray(scores, dtype=float)
+    n_layers, n_heads = scores.shape
+    magnitude = np.abs(scores)
+    candidates = [(l, h) for l in range(n_layers) for h in range(n_heads) if not math.isnan(magnitude[l, h])]
+    candidates.sort(key=lambda lh: (-magnitude[lh], lh))
+    if threshold is not None:
+        return [lh for lh in candidates if magnitude[lh] >= threshold]
+    if not 0 < top_percent <= 100:
+        raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+    count = max(1, round(top_percent / 100 * n_layers * n_heads))
+    return candidates[:count]
+
+
+@dataclass
+class HeadInfo:
+    layer: int
+    head: int
+    stage: str
+    score: float
+    role: str
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    receivers: str
+    position: str
+    below_layer: int
+    heads: list[Head]
+
+
+@dataclass
+class Circuit:
+    model: str
+    task: str
+    selection: dict[str, Any]
+    stages: list[StageRecord]
+    head_infos: list[HeadInfo]
+    n_layers: int
+    n_heads: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def heads(self) -> set[Head]:
+        return {(i.layer, i.head) for i in self.head_infos}
+
+    def head_info(self, head: Head) -> HeadInfo | None:
+        return next((i for i in self.head_infos if (i.layer, i.head) == tuple(head)), None)
+
+    def heads_with_role(self, *roles: str) -> list[Head]:
+        return [(i.layer, i.head) for i in self.head_infos if i.role in roles]
+
+    def stage(self, name: str) -> StageRecord:
+        for record in self.stages:
+            if record.name == name:
+                return record
+        raise KeyError(f"circuit {self.model}/{self.task} has no stage {name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "task": self.task,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "selection": self.selection,
+            "stages": [{**asdict(s), "heads": [list(h) for h in s.heads]} for s in self.stages],
+            "heads": [asdict(i) for i in self.head_infos],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Circuit:
+        return cls(
+            model=data["model"],
+            task=data["task"],
+            n_layers=data["n_layers"],
+            n_heads=data["n_heads"],
+            selection=data["selection"],
+            stages=[StageRecord(**{**s, "heads": [tuple(h) for h in s["heads"]]}) for s in data["stages"]],
+            head_infos=[HeadInfo(**i) for i in data["heads"]],
+            provenance=data.get("provenance", {}),
+        )
+
+
+def save_circuit(path: str | Path, circuit: Circuit) -> Path:
+    return write_json(path, circuit.to_json())
+
+
+def load_circuit(path: str | Path) -> Circuit:
+    return Circuit.from_json(read_json(path))
