@@ -1,0 +1,137 @@
+"""Evidence about what each attention head does, and the rules that turn it into a role label.
+
+- Detector scores on repeated random token sequences (a random sequence of T tokens followed by the
+  same T tokens): previous-token (attention from i to i-1), duplicate-token (from a token in the second
+  half to its first occurrence, i-T) and induction (to the token after its first occurrence, i-T+1).
+- Copy scores of each head's OV circuit on a task's answer tokens: a token's representation after
+  layer 0 is passed through the head's value and output weights and the final LayerNorm and unembedding;
+  the copy score is the fraction of answer tokens that come out as the largest logit among the answer
+  tokens, the negative copy score the fraction that come out as the smallest.
+- Attention shares: how much of a head's attention from one role goes to given positions of the prompt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuit_reuse.circuits import Head
+
+DETECTORS = ("previous_token", "duplicate_token", "induction")
+# A head is labelled by a detector only when at least this share of its attention follows the pattern.
+DETECTOR_MIN_SCORE = 0.1
+
+
+def _pattern_hook_names(n_layers: int) -> list[str]:
+    return [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+
+
+@torch.no_grad()
+def detector_scores(model, seq_len: int = 40, n_sequences: int = 16, seed: int = 0) -> pd.DataFrame:
+    """Previous-token, duplicate-token and induction scores of every head, one row per head."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    generator = torch.Generator().manual_seed(seed)
+    # Avoid the lowest ids (bytes and punctuation) so the sequences look like ordinary text tokens.
+    half = torch.randint(1000, model.cfg.d_vocab - 1000, (n_sequences, seq_len), generator=generator)
+    tokens = torch.cat([half, half], dim=1).to(model.cfg.device)
+    names = set(_pattern_hook_names(n_layers))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    second = torch.arange(seq_len, 2 * seq_len)
+    rows = []
+    for l in range(n_layers):
+        pattern = cache[f"blocks.{l}.attn.hook_pattern"].float().cpu()  # [batch, head, query, key]
+        previous = pattern[:, :, torch.arange(1, 2 * seq_len), torch.arange(0, 2 * seq_len - 1)].mean(dim=(0, 2))
+        duplicate = pattern[:, :, second, second - seq_len].mean(dim=(0, 2))
+        induction = pattern[:, :, second[:-1], second[:-1] - seq_len + 1].mean(dim=(0, 2))
+        for h in range(n_heads):
+            rows.append(
+                {
+                    "layer": l,
+                    "head": h,
+                    "previous_token": float(previous[h]),
+                    "duplicate_token": float(duplicate[h]),
+                    "induction": float(induction[h]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def copy_scores(model, answer_tokens: list[int] | torch.Tensor) -> pd.DataFrame:
+    """Copy and negative copy scores of every head's OV circuit on a set of answer tokens."""
+    answers = torch.as_tensor(sorted(set(int(t) for t in answer_tokens)), device=model.cfg.device)
+    if len(answers) < 2:
+        raise ValueError("copy scores need at least two distinct answer tokens")
+    _, cache = model.run_with_cache(answers[:, None], names_filter=lambda name: name == "blocks.0.hook_resid_post")
+    embedded = cache["blocks.0.hook_resid_post"][:, 0]  # each token's representation after layer 0
+    expected = torch.arange(len(answers), device=answers.device)
+    rows = []
+    for l in range(model.cfg.n_layers):
+        normalised = model.blocks[l].ln1(embedded)
+        for h in range(model.cfg.n_heads):
+            value = normalised @ model.W_V[l, h] + model.b_V[l, h]
+            out = value @ model.W_O[l, h]
+            logits = model.ln_final(out) @ model.W_U[:, answers]
+            rows.append(
+                {
+                    "layer": l,
+                    "head": h,
+                    "copy_score": float((logits.argmax(dim=-1) == expected).float().mean()),
+                    "negative_copy_score": float((logits.argmin(dim=-1) == expected).float().mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def attention_share(
+    model, tokens: torch.Tensor, query_positions: torch.Tensor, key_mask: torch.Tensor, heads: list[Head]
+) -> dict[Head, float]:
+    """Mean share of each head's attention from `query_positions` that lands where `key_mask` is True.
+
+    `tokens` [n, seq]; `query_positions` [n]; `key_mask` [n, seq] boolean.
+    """
+    if not heads:
+        return {}
+    layers = sorted({l for l, _ in heads})
+    names = {f"blocks.{l}.attn.hook_pattern" for l in layers}
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda name: name in names)
+    rows = torch.arange(tokens.shape[0])
+    shares = {}
+    for l, h in heads:
+        pattern = cache[f"blocks.{l}.attn.hook_pattern"][:, h].float().cpu()  # [n, query, key]
+        from_query = pattern[rows, query_positions.cpu()]  # [n, key]
+        shares[(l, h)] = float((from_query * key_mask.float()).sum(dim=-1).mean())
+    return shares
+
+
+def label_role(stage_kind: str, score: float, evidence: dict[str, float]) -> str:
+    """The role of a selected head, by the stage that selected it and the evidence about it.
+
+    - logits stage: "mover" when patching the head moves the logit difference towards the corrupted run
+      (score > 0, the head writes the answer), "negative_mover" when it moves it away (score < 0).
+    - query stage (receivers are movers' queries): "content_gatherer" when more of the head's attention
+      from END goes to the question than to the answer candidates (evidence `question_share` and
+      `candidates_share`, where the task has a question), otherwise "inhibition".
+    - key/value stages: the detector with the largest score, if at least DETECTOR_MIN_SCORE, else "other".
+    """
+    if stage_kind == "logits":
+        return "mover" if score > 0 else "negative_mover"
+    if stage_kind == "query":
+        question, candidates = evidence.get("question_share"), evidence.get("candidates_share")
+        if question is not None and candidates is not None and question > candidates:
+            return "content_gatherer"
+        return "inhibition"
+    if stage_kind == "key_value":
+        best = max(DETECTORS, key=lambda d: evidence.get(d, float("-inf")))
+        return best if evidence.get(best, float("-inf")) >= DETECTOR_MIN_SCORE else "other"
+    raise ValueError(f"unknown stage kind {stage_kind!r}; expected logits, query or key_value")
+
+
+def detector_grid(table: pd.DataFrame, column: str) -> np.ndarray:
+    """A [layer, head] grid of one column of a per-head table."""
+    n_layers, n_heads = table["layer"].max() + 1, table["head"].max() + 1
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[table["layer"], table["head"]] = table[column]
+    return grid
