@@ -61,11 +61,15 @@ def _fill_defaults(instance: Any, node: Mapping[str, Any], root: Mapping[str, An
     if not isinstance(instance, dict):
         return
     for key, sub in node.get("properties", {}).items():
-        sub = _resolve(sub, root)
-        if key not in instance and "default" in sub:
-            instance[key] = copy.deepcopy(sub["default"])
+        # A default may sit beside a $ref (the property's own default) or in the referenced definition.
+        for holder in (sub, _resolve(sub, root)):
+            if key not in instance and "default" in holder:
+                instance[key] = copy.deepcopy(holder["default"])
         if key in instance:
             _fill_defaults(instance[key], sub, root)
+        if isinstance(instance.get(key), list) and isinstance(_resolve(sub, root).get("items"), dict):
+            for item in instance[key]:
+                _fill_defaults(item, _resolve(sub, root)["items"], root)
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         for key, value in instance.items():

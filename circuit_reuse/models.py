@@ -180,7 +180,9 @@ def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: torch.
 
     The weights are the raw Hugging Face ones (no folded layer norm or centred weights): path patching
     works on head outputs and q/k/v vectors, which those rewrites leave unchanged, and the logits agree.
-    Gradients are off and the model is in eval mode, so repeated runs give identical numbers.
+    Gradients are off and the model is in eval mode, so repeated runs give identical numbers. Prompts
+    carry no BOS token, as in the paper: `model.to_tokens(text)` encodes text as `load_tokenizer` does.
+    (`model.tokenizer` itself is the bridge's copy, which prepends BOS when called directly.)
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -190,6 +192,7 @@ def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: torch.
     model = TransformerBridge.boot_transformers(
         str(model_dir), device=target, dtype=dtype, tokenizer=load_tokenizer(model_dir)
     )
+    model.cfg.default_prepend_bos = False
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from circuit_reuse.circuits import Circuit, Head, select_heads
 
-Stage = tuple[int, int]  # (number of heads selected, lowest layer they may not reach: heads must lie below it)
+Stage = tuple[int, int]  # (number of heads a stage selects, the layer they must lie below)
 
 
 @dataclass(frozen=True)
@@ -75,19 +75,55 @@ def threshold_sensitivity(
     grids_a: Mapping[str, np.ndarray],
     grids_b: Mapping[str, np.ndarray],
     top_percents: Sequence[float],
+    limits_a: Mapping[str, int] | None = None,
+    limits_b: Mapping[str, int] | None = None,
+    repeats: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Overlap when every stage's grid is re-thresholded at each top-p%.
+    """Overlap when every stage's grid is re-thresholded at each top-p%, with a chance band if asked.
 
     The grids are the stage scores computed with the circuit's own receivers; a different threshold would
     also change later stages' receivers, which re-selection on fixed grids does not capture. Rerunning
-    discovery at one threshold gives the exact figure for it.
+    discovery at one threshold gives the exact figure for it. With `limits_a` and `limits_b` (each
+    stage's `below_layer`), each row also gets the chance baseline for circuits of that row's sizes.
     """
     rows = []
     for p in top_percents:
-        heads_a = {h for grid in grids_a.values() for h in select_heads(grid, top_percent=p)}
-        heads_b = {h for grid in grids_b.values() for h in select_heads(grid, top_percent=p)}
-        rows.append({"top_percent": p, **head_overlap(heads_a, heads_b).as_dict()})
+        selected_a = {name: select_heads(grid, top_percent=p) for name, grid in grids_a.items()}
+        selected_b = {name: select_heads(grid, top_percent=p) for name, grid in grids_b.items()}
+        overlap = head_overlap(
+            {h for heads in selected_a.values() for h in heads}, {h for heads in selected_b.values() for h in heads}
+        )
+        row = {"top_percent": p, **overlap.as_dict()}
+        if limits_a is not None and limits_b is not None:
+            n_layers, n_heads = next(iter(grids_a.values())).shape
+            chance = chance_overlap(
+                [(len(heads), limits_a[name]) for name, heads in selected_a.items()],
+                [(len(heads), limits_b[name]) for name, heads in selected_b.items()],
+                n_layers,
+                n_heads,
+                overlap.iou,
+                repeats=repeats,
+                seed=seed,
+            )
+            row.update({k: v for k, v in chance.items() if k != "observed_iou"})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def circuit_overlap(a: Circuit, b: Circuit, repeats: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """The two circuits' overlap with its chance baseline: random circuits with the same stage sizes."""
+    overlap = head_overlap(a.heads(), b.heads())
+    chance = chance_overlap(
+        [(len(s.heads), s.below_layer) for s in a.stages],
+        [(len(s.heads), s.below_layer) for s in b.stages],
+        a.n_layers,
+        a.n_heads,
+        overlap.iou,
+        repeats=repeats,
+        seed=seed,
+    )
+    return {"model": a.model, "task_a": a.task, "task_b": b.task, **overlap.as_dict(), **chance}
 
 
 def random_circuit(stages: Sequence[Stage], n_layers: int, n_heads: int, rng: np.random.Generator) -> set[Head]:

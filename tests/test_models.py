@@ -11,6 +11,7 @@ from circuit_reuse.models import (
     ModelSpec,
     cache_model,
     load_model,
+    load_tokenizer,
     random_gpt2_config,
     verify_cache,
 )
@@ -26,6 +27,11 @@ def test_cached_model_loads_with_logits_identical_to_hugging_face(cached_tiny_mo
         actual = tiny_model(tokens)
     assert actual.shape == expected.shape == (1, tokens.shape[1], 50257)
     assert torch.allclose(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_loaded_model_tokenizes_without_bos(tiny_model, cached_tiny_model):
+    assert load_tokenizer(cached_tiny_model)(" Blue").input_ids == [4518]
+    assert tiny_model.to_tokens(" Blue").tolist() == [[4518]]
 
 
 def test_loaded_model_is_ready_for_analysis(tiny_model):

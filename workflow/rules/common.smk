@@ -44,6 +44,12 @@ def intervention_dir(model):
     return f"results/intervention/{model}"
 
 
+
+def detectors_path(model):
+    """Previous-token, duplicate-token and induction scores of every head: Parquet, one row per head."""
+    return f"results/heads/{model}/detectors.parquet"
+
+
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "figures"
 NOTEBOOKS_OUT_DIR = "results/notebooks"

@@ -1,0 +1,230 @@
+"""Stagewise circuit discovery by path patching, following the paper (and Wang et al.).
+
+Each stage patches every sender head into a set of receivers at one role position: the logits (giving the
+mover heads), then the queries of the heads selected at an earlier stage (inhibition heads, content
+gatherers), then their keys and values at a role position (induction and duplicate-token heads), and so
+on. Each stage's heads are the top p% by |score| (or those above a threshold); the circuit is the union,
+each head labelled with a role by `circuit_reuse.head_roles.label_role`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads
+from circuit_reuse.datasets import END, TaskDataset
+from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
+
+COMPONENTS = ("q", "k", "v")
+# Where a task's answer candidates sit, for telling content gatherers from inhibition heads.
+CANDIDATE_ROLES = {"ioi": ("IO", "S1", "S2"), "colored_objects": ("color_0", "color_1", "color_2")}
+QUESTION_SPAN = "question"
+
+
+class StageError(ValueError):
+    """A stage definition is inconsistent (unknown earlier stage, bad component, unknown role)."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    receivers: str  # "logits", or the name of the earlier stage whose heads receive
+    components: tuple[str, ...]  # which of each receiver head's q, k, v are patched; () for logits
+    position: str  # the dataset role where senders are patched and receivers read
+
+    @property
+    def kind(self) -> str:
+        if self.receivers == "logits":
+            return "logits"
+        return "query" if self.components == ("q",) else "key_value"
+
+
+def parse_stages(task: str, entries: Sequence[Mapping[str, Any]]) -> list[StageSpec]:
+    """Turn a task's `discovery.stages` config into StageSpecs, checking that each refers backwards."""
+    specs: list[StageSpec] = []
+    for i, entry in enumerate(entries):
+        where = f"discovery.stages.{task}[{i}]"
+        receivers = entry["receivers"]
+        if receivers == "logits":
+            spec = StageSpec(entry["name"], "logits", (), entry.get("position", END))
+            if spec.position != END:
+                raise StageError(f"{where}: a logits stage reads the answer at END, not at {spec.position!r}")
+        else:
+            earlier = [s.name for s in specs]
+            if receivers["stage"] not in earlier:
+                raise StageError(
+                    f"{where}: receivers come from stage {receivers['stage']!r}, which is not an earlier stage "
+                    f"of {task} (earlier stages: {', '.join(earlier) or 'none'})"
+                )
+            components = tuple(receivers["components"])
+            spec = StageSpec(entry["name"], receivers["stage"], components, entry["position"])
+        if spec.name in {s.name for s in specs}:
+            raise StageError(f"{where}: stage name {spec.name!r} is used twice")
+        specs.append(spec)
+    if not specs:
+        raise StageError(f"discovery.stages.{task}: no stages")
+    return specs
+
+
+def stage_receivers(spec: StageSpec, earlier_heads: Sequence[Head]) -> str | list[tuple[int, int, str]]:
+    """The receivers argument of path_patch for a stage, given the heads its earlier stage selected."""
+    if spec.kind == "logits":
+        return "logits"
+    return [(l, h, c) for (l, h) in sorted(earlier_heads) for c in spec.components]
+
+
+def describe_receivers(receivers: str | Sequence[tuple[int, int, str]]) -> str:
+    if receivers == "logits":
+        return "logits"
+    by_component: dict[str, list[str]] = {}
+    for l, h, c in receivers:
+        by_component.setdefault(c, []).append(f"{l}.{h}")
+    return "; ".join(f"{c}: {','.join(heads)}" for c, heads in sorted(by_component.items())) or "none"
+
+
+def run_stage(
+    model,
+    dataset: TaskDataset,
+    spec: StageSpec,
+    receivers: str | list[tuple[int, int, str]],
+    *,
+    batch_size: int = 25,
+    freeze_mlps: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """Path-patching scores [n_layers, n_heads] of one stage; all NaN when no head can reach the receivers."""
+    from circuit_reuse.patching import path_patch
+
+    if spec.position not in dataset.positions:
+        raise StageError(
+            f"stage {spec.name!r} patches at role {spec.position!r}, which the {dataset.task} dataset does not "
+            f"have; its roles: {', '.join(sorted(dataset.positions))}"
+        )
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    if receivers != "logits" and (not receivers or min(l for l, _, _ in receivers) == 0):
+        return np.full(shape, np.nan)  # no receivers, or receivers in layer 0: no sender lies below them
+    scores = path_patch(
+        model,
+        dataset.clean_tokens,
+        dataset.corrupted_tokens,
+        dataset.answer_tokens,
+        receivers,
+        dataset.positions[spec.position],
+        freeze_mlps=freeze_mlps,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return scores.detach().cpu().double().numpy()
+
+
+def scores_table(grid: np.ndarray, **columns: Any) -> pd.DataFrame:
+    """One row per head with its score and the stage's description (model, task, stage, ...)."""
+    n_layers, n_heads = grid.shape
+    table = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(n_layers), n_heads),
+            "head": np.tile(np.arange(n_heads), n_layers),
+            "score": grid.reshape(-1),
+        }
+    )
+    for name, value in columns.items():
+        table.insert(len(table.columns) - 3, name, value)
+    return table
+
+
+def grid_from_table(table: pd.DataFrame) -> np.ndarray:
+    n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[table["layer"].to_numpy(), table["head"].to_numpy()] = table["score"].to_numpy()
+    return grid
+
+
+def selected_heads(grid: np.ndarray, selection: Mapping[str, Any]) -> list[Head]:
+    return select_heads(grid, top_percent=selection.get("top_percent"), threshold=selection.get("threshold"))
+
+
+def below_layer(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int) -> int:
+    """The layer a stage's senders must lie below."""
+    if receivers == "logits":
+        return n_layers
+    return min((l for l, _, _ in receivers), default=0)
+
+
+@torch.no_grad()
+def assemble_circuit(
+    model_name: str,
+    model,
+    dataset: TaskDataset,
+    specs: Sequence[StageSpec],
+    grids: Mapping[str, np.ndarray],
+    selection: Mapping[str, Any],
+    detectors: pd.DataFrame,
+) -> Circuit:
+    """Select every stage's heads, gather the evidence about them and label each with a role."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    copy = copy_scores(model, dataset.answer_tokens.flatten()).set_index(["layer", "head"])
+    detector_table = detectors.set_index(["layer", "head"])
+    stages: list[StageRecord] = []
+    infos: dict[Head, HeadInfo] = {}
+    chosen: dict[str, list[Head]] = {}
+    for spec in specs:
+        receivers = stage_receivers(spec, chosen.get(spec.receivers, []))
+        heads = selected_heads(grids[spec.name], selection)
+        chosen[spec.name] = heads
+        stages.append(
+            StageRecord(
+                spec.name, describe_receivers(receivers), spec.position, below_layer(spec, receivers, n_layers), heads
+            )
+        )
+        evidence_by_head = _evidence(model, dataset, heads, copy, detector_table)
+        for head in heads:
+            if head in infos:
+                continue  # a head keeps the role of the first stage that selected it
+            score = float(grids[spec.name][head])
+            evidence = evidence_by_head[head]
+            infos[head] = HeadInfo(head[0], head[1], spec.name, score, label_role(spec.kind, score, evidence), evidence)
+    return Circuit(
+        model=model_name,
+        task=dataset.task,
+        selection=dict(selection),
+        stages=stages,
+        head_infos=list(infos.values()),
+        n_layers=n_layers,
+        n_heads=n_heads,
+    )
+
+
+def _evidence(model, dataset: TaskDataset, heads: list[Head], copy: pd.DataFrame, detectors: pd.DataFrame):
+    question_share = candidates_share = {}
+    if QUESTION_SPAN in dataset.spans:
+        question_share = attention_share(model, dataset.clean_tokens, dataset.end, _span_mask(dataset), heads)
+    candidate_roles = [r for r in CANDIDATE_ROLES.get(dataset.task, ()) if r in dataset.positions]
+    if candidate_roles:
+        mask = torch.zeros_like(dataset.clean_tokens, dtype=torch.bool)
+        rows = torch.arange(len(dataset))
+        for role in candidate_roles:
+            mask[rows, dataset.positions[role]] = True
+        candidates_share = attention_share(model, dataset.clean_tokens, dataset.end, mask, heads)
+    evidence = {}
+    for head in heads:
+        found = {name: float(detectors.loc[head, name]) for name in DETECTORS}
+        found["copy_score"] = float(copy.loc[head, "copy_score"])
+        found["negative_copy_score"] = float(copy.loc[head, "negative_copy_score"])
+        if head in question_share:
+            found["question_share"] = question_share[head]
+        if head in candidates_share:
+            found["candidates_share"] = candidates_share[head]
+        evidence[head] = found
+    return evidence
+
+
+def _span_mask(dataset: TaskDataset) -> torch.Tensor:
+    positions = torch.arange(dataset.clean_tokens.shape[1])
+    span = dataset.spans[QUESTION_SPAN]
+    return (positions[None] >= span[:, :1]) & (positions[None] < span[:, 1:])

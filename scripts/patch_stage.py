@@ -1,0 +1,47 @@
+"""Snakemake job: path-patching scores of every head for one model, task and discovery stage."""
+
+from pathlib import Path
+
+from circuit_reuse.datasets import load_dataset
+from circuit_reuse.discovery import (
+    StageSpec,
+    describe_receivers,
+    grid_from_table,
+    run_stage,
+    scores_table,
+    selected_heads,
+    stage_receivers,
+)
+from circuit_reuse.io import read_parquet, write_parquet
+from circuit_reuse.models import load_model
+from circuit_reuse.workflow import job_logging
+
+job = snakemake  # noqa: F821 (snakemake injects this object)
+with job_logging(job.log[0]):
+    spec = StageSpec(**{**job.params.stage, "components": tuple(job.params.stage["components"])})
+    dataset = load_dataset(job.input.dataset)
+    if job.params.n_prompts:
+        dataset = dataset.subset(slice(0, job.params.n_prompts))
+    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    earlier = (
+        []
+        if spec.kind == "logits"
+        else selected_heads(grid_from_table(read_parquet(job.input.previous)), job.params.selection)
+    )
+    receivers = stage_receivers(spec, earlier)
+    print(f"{job.wildcards.model} {job.wildcards.task} stage {spec.name}: receivers {describe_receivers(receivers)}")
+    grid = run_stage(
+        model, dataset, spec, receivers, batch_size=job.params.batch_size, freeze_mlps=job.params.freeze_mlps
+    )
+    table = scores_table(
+        grid,
+        model=job.wildcards.model,
+        task=job.wildcards.task,
+        stage=spec.name,
+        receivers=describe_receivers(receivers),
+        position=spec.position,
+        n_prompts=len(dataset),
+        seed=dataset.meta.get("seed"),
+        freeze_mlps=job.params.freeze_mlps,
+    )
+    write_parquet(job.output.scores, table, config=dict(job.params))

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from circuit_reuse.datasets import from_records
+from circuit_reuse.discovery import (
+    StageError,
+    StageSpec,
+    assemble_circuit,
+    describe_receivers,
+    grid_from_table,
+    parse_stages,
+    scores_table,
+    selected_heads,
+    stage_receivers,
+)
+from circuit_reuse.head_roles import detector_scores
+from circuit_reuse.models import load_tokenizer
+
+IOI_STAGES = [
+    {"name": "movers", "receivers": "logits", "position": "END"},
+    {"name": "inhibition", "receivers": {"stage": "movers", "components": ["q"]}, "position": "END"},
+    {"name": "induction", "receivers": {"stage": "inhibition", "components": ["k", "v"]}, "position": "S2"},
+]
+
+
+def test_stages_parse_with_their_kinds():
+    specs = parse_stages("ioi", IOI_STAGES)
+    assert [s.kind for s in specs] == ["logits", "query", "key_value"]
+    assert specs[2] == StageSpec("induction", "inhibition", ("k", "v"), "S2")
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"name": "a", "receivers": {"stage": "b", "components": ["q"]}, "position": "END"}], "not an earlier stage"),
+        ([{"name": "a", "receivers": "logits", "position": "S2"}], "reads the answer at END"),
+        ([{"name": "a", "receivers": "logits"}, {"name": "a", "receivers": "logits"}], "used twice"),
+        ([], "no stages"),
+    ],
+)
+def test_inconsistent_stages_are_refused(entries, message):
+    with pytest.raises(StageError, match=message):
+        parse_stages("ioi", entries)
+
+
+def test_receivers_of_each_stage_kind():
+    specs = parse_stages("ioi", IOI_STAGES)
+    assert stage_receivers(specs[0], []) == "logits"
+    assert stage_receivers(specs[1], [(3, 1), (2, 0)]) == [(2, 0, "q"), (3, 1, "q")]
+    receivers = stage_receivers(specs[2], [(2, 0)])
+    assert receivers == [(2, 0, "k"), (2, 0, "v")]
+    assert describe_receivers(receivers) == "k: 2.0; v: 2.0"
+    assert describe_receivers("logits") == "logits"
+
+
+def test_score_tables_round_trip_to_grids():
+    grid = np.array([[0.1, np.nan], [-0.5, 2.0]])
+    table = scores_table(grid, model="m", task="ioi", stage="movers")
+    assert list(table.columns) == ["model", "task", "stage", "layer", "head", "score"]
+    assert table.loc[(table["layer"] == 1) & (table["head"] == 0), "score"].item() == -0.5
+    np.testing.assert_array_equal(grid_from_table(table), grid)
+    assert selected_heads(grid, {"top_percent": 50}) == [(1, 1), (1, 0)]
+    assert selected_heads(grid, {"threshold": 0.3}) == [(1, 1), (1, 0)]
+
+
+def _toy_colored_objects(tokenizer):
+    text = "Q: On the desk, I see a red cup, a blue pen, and a green bowl. What color is the pen?\nA:"
+    tokens = tokenizer(text).input_ids
+    words = [tokenizer.decode([t]) for t in tokens]
+    color = {w.strip(): i for i, w in enumerate(words) if w.strip() in {"red", "blue", "green"}}
+    question = words.index(" What")
+    record = {
+        "clean_tokens": tokens,
+        "corrupted_tokens": tokens,
+        "answer": tokenizer(" Blue").input_ids[0],
+        "wrong": tokenizer(" Red").input_ids[0],
+        "positions": {
+            "END": len(tokens) - 1,
+            "color_0": color["red"],
+            "color_1": color["blue"],
+            "color_2": color["green"],
+        },
+        "spans": {"question": [question, len(tokens) - 2]},
+    }
+    return from_records("colored_objects", [record, record])
+
+
+def test_assembled_circuit_selects_per_stage_and_labels_by_the_rules(tiny_model, cached_tiny_model):
+    dataset = _toy_colored_objects(load_tokenizer(cached_tiny_model))
+    specs = parse_stages(
+        "colored_objects",
+        [
+            {"name": "movers", "receivers": "logits", "position": "END"},
+            {"name": "inhibition", "receivers": {"stage": "movers", "components": ["q"]}, "position": "END"},
+        ],
+    )
+    movers = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.9, -0.8, 0.1]])
+    inhibition = np.full((2, 4), np.nan)
+    inhibition[0] = [0.05, 0.7, 0.0, 0.0]
+    detectors = detector_scores(tiny_model, seq_len=5, n_sequences=2)
+    circuit = assemble_circuit(
+        "tiny", tiny_model, dataset, specs, {"movers": movers, "inhibition": inhibition}, {"top_percent": 25}, detectors
+    )
+    assert circuit.stage("movers").heads == [(1, 1), (1, 2)]
+    assert circuit.stage("inhibition").heads == [(0, 1), (0, 0)]
+    assert circuit.stage("inhibition").receivers == "q: 1.1,1.2" and circuit.stage("inhibition").below_layer == 1
+    roles = {(i.layer, i.head): i.role for i in circuit.head_infos}
+    assert roles[(1, 1)] == "mover" and roles[(1, 2)] == "negative_mover"
+    for head in [(0, 1), (0, 0)]:
+        evidence = circuit.head_info(head).evidence
+        expected = "content_gatherer" if evidence["question_share"] > evidence["candidates_share"] else "inhibition"
+        assert roles[head] == expected
+        assert 0 <= evidence["question_share"] <= 1 and 0 <= evidence["copy_score"] <= 1
+    assert circuit.heads() == {(1, 1), (1, 2), (0, 1), (0, 0)}
+    assert torch.equal(dataset.end, torch.tensor([len(dataset.records[0]["clean_tokens"]) - 1] * 2))

@@ -1,0 +1,98 @@
+# Stage: circuit discovery. One path-patching job per model x task x stage (a stage whose inputs did not
+# change is not recomputed), head-role detectors per model, and the circuit assembled per model x task.
+
+from dataclasses import asdict
+
+from circuit_reuse.discovery import StageError, parse_stages
+
+try:
+    STAGES = {task: parse_stages(task, config["discovery"]["stages"][task]) for task in TASKS}
+except KeyError as missing:
+    raise WorkflowError(f"invalid config:\n  discovery.stages: no stages for task {missing}") from None
+except StageError as error:
+    raise WorkflowError(f"invalid config:\n  {error}") from None
+STAGE_SPECS = {task: {spec.name: spec for spec in specs} for task, specs in STAGES.items()}
+
+
+def stage_inputs(wildcards):
+    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
+    inputs = {"model": model_manifest(wildcards.model), "dataset": dataset_path(wildcards.task)}
+    if spec.kind != "logits":
+        inputs["previous"] = scores_path(wildcards.model, wildcards.task, spec.receivers)
+    return inputs
+
+
+def stage_selection(wildcards):
+    # Only stages whose receivers come from an earlier selection depend on the selection rule, so
+    # changing the threshold leaves the logits stages alone.
+    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
+    return None if spec.kind == "logits" else config["discovery"]["selection"]
+
+
+def stage_grids(wildcards):
+    return [scores_path(wildcards.model, wildcards.task, spec.name) for spec in STAGES[wildcards.task]]
+
+
+rule patch_stage:
+    input:
+        unpack(stage_inputs),
+    output:
+        scores=scores_path("{model}", "{task}", "{stage}"),
+    params:
+        stage=lambda wildcards: asdict(STAGE_SPECS[wildcards.task][wildcards.stage]),
+        selection=stage_selection,
+        n_prompts=config["discovery"]["n_prompts"],
+        batch_size=config["discovery"]["batch_size"],
+        freeze_mlps=config["discovery"]["freeze_mlps"],
+        device=config["device"],
+    wildcard_constraints:
+        stage="[A-Za-z0-9_]+",
+    resources:
+        mem_mb=24000,
+        runtime=360,
+    log:
+        "logs/patch_stage/{model}/{task}/{stage}.log",
+    script:
+        "../../scripts/patch_stage.py"
+
+
+rule head_detectors:
+    input:
+        model=lambda wildcards: model_manifest(wildcards.model),
+    output:
+        detectors=detectors_path("{model}"),
+    params:
+        detectors=config["discovery"]["detectors"],
+        device=config["device"],
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "logs/head_detectors/{model}.log",
+    script:
+        "../../scripts/head_detectors.py"
+
+
+rule assemble_circuit:
+    input:
+        model=lambda wildcards: model_manifest(wildcards.model),
+        dataset=lambda wildcards: dataset_path(wildcards.task),
+        detectors=lambda wildcards: detectors_path(wildcards.model),
+        grids=stage_grids,
+    output:
+        circuit=circuit_path("{model}", "{task}"),
+    params:
+        stages=lambda wildcards: [asdict(spec) for spec in STAGES[wildcards.task]],
+        selection=config["discovery"]["selection"],
+        n_prompts=config["discovery"]["n_prompts"],
+        device=config["device"],
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "logs/assemble_circuit/{model}/{task}.log",
+    script:
+        "../../scripts/assemble_circuit.py"
+
+
+ALL_TARGETS.extend(circuit_path(model, task) for model in MODELS for task in TASKS)

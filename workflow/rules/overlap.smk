@@ -1,0 +1,34 @@
+# Stage: overlap of the two tasks' circuits in each model, with its chance baseline and threshold
+# sensitivity. Runs when the config has exactly two tasks.
+
+OVERLAP_TASKS = TASKS if len(TASKS) == 2 else []
+
+
+def overlap_inputs(wildcards):
+    return {
+        "circuits": [circuit_path(wildcards.model, task) for task in OVERLAP_TASKS],
+        "grids_a": [scores_path(wildcards.model, OVERLAP_TASKS[0], s.name) for s in STAGES[OVERLAP_TASKS[0]]],
+        "grids_b": [scores_path(wildcards.model, OVERLAP_TASKS[1], s.name) for s in STAGES[OVERLAP_TASKS[1]]],
+    }
+
+
+rule overlap:
+    input:
+        unpack(overlap_inputs),
+    output:
+        summary=f"{overlap_dir('{model}')}/summary.parquet",
+        heads=f"{overlap_dir('{model}')}/heads.parquet",
+        sensitivity=f"{overlap_dir('{model}')}/sensitivity.parquet",
+    params:
+        overlap=config["overlap"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/overlap/{model}.log",
+    script:
+        "../../scripts/overlap.py"
+
+
+if OVERLAP_TASKS:
+    ALL_TARGETS.extend(f"{overlap_dir(model)}/summary.parquet" for model in MODELS)
