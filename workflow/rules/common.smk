@@ -1,5 +1,10 @@
-# Where each stage's files live: one place, used by every rules file. All paths are relative to the
-# working directory, so a run with --directory elsewhere (the smoke run, the tests) stays self-contained.
+# What every rules file shares: where each stage's files live, the discovery stages parsed from config,
+# and the input functions. All paths are relative to the working directory, so a run with --directory
+# elsewhere (the smoke run, the tests) stays self-contained.
+
+from dataclasses import asdict
+
+from circuit_reuse.discovery import StageError, parse_stages
 
 
 def model_dir(model):
@@ -53,3 +58,46 @@ def detectors_path(model):
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "figures"
 NOTEBOOKS_OUT_DIR = "results/notebooks"
+
+
+# Circuit discovery: each task's stages, checked once when the workflow is read.
+
+try:
+    STAGES = {task: parse_stages(task, config["discovery"]["stages"][task]) for task in TASKS}
+except KeyError as missing:
+    raise WorkflowError(f"invalid config:\n  discovery.stages: no stages for task {missing}") from None
+except StageError as error:
+    raise WorkflowError(f"invalid config:\n  {error}") from None
+STAGE_SPECS = {task: {spec.name: spec for spec in specs} for task, specs in STAGES.items()}
+
+
+def stage_inputs(wildcards):
+    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
+    inputs = {"model": model_manifest(wildcards.model), "dataset": dataset_path(wildcards.task)}
+    if spec.kind != "logits":
+        inputs["previous"] = scores_path(wildcards.model, wildcards.task, spec.receivers)
+    return inputs
+
+
+def stage_selection(wildcards):
+    # Only stages whose receivers come from an earlier selection depend on the selection rule, so
+    # changing the threshold leaves the logits stages alone.
+    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
+    return None if spec.kind == "logits" else config["discovery"]["selection"]
+
+
+def stage_grids(wildcards):
+    return [scores_path(wildcards.model, wildcards.task, spec.name) for spec in STAGES[wildcards.task]]
+
+
+# Overlap compares the two tasks' circuits, so it runs when the config has exactly two tasks.
+
+OVERLAP_TASKS = TASKS if len(TASKS) == 2 else []
+
+
+def overlap_inputs(wildcards):
+    return {
+        "circuits": [circuit_path(wildcards.model, task) for task in OVERLAP_TASKS],
+        "grids_a": [scores_path(wildcards.model, OVERLAP_TASKS[0], s.name) for s in STAGES[OVERLAP_TASKS[0]]],
+        "grids_b": [scores_path(wildcards.model, OVERLAP_TASKS[1], s.name) for s in STAGES[OVERLAP_TASKS[1]]],
+    }

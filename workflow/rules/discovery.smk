@@ -1,37 +1,6 @@
 # Stage: circuit discovery. One path-patching job per model x task x stage (a stage whose inputs did not
 # change is not recomputed), head-role detectors per model, and the circuit assembled per model x task.
 
-from dataclasses import asdict
-
-from circuit_reuse.discovery import StageError, parse_stages
-
-try:
-    STAGES = {task: parse_stages(task, config["discovery"]["stages"][task]) for task in TASKS}
-except KeyError as missing:
-    raise WorkflowError(f"invalid config:\n  discovery.stages: no stages for task {missing}") from None
-except StageError as error:
-    raise WorkflowError(f"invalid config:\n  {error}") from None
-STAGE_SPECS = {task: {spec.name: spec for spec in specs} for task, specs in STAGES.items()}
-
-
-def stage_inputs(wildcards):
-    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
-    inputs = {"model": model_manifest(wildcards.model), "dataset": dataset_path(wildcards.task)}
-    if spec.kind != "logits":
-        inputs["previous"] = scores_path(wildcards.model, wildcards.task, spec.receivers)
-    return inputs
-
-
-def stage_selection(wildcards):
-    # Only stages whose receivers come from an earlier selection depend on the selection rule, so
-    # changing the threshold leaves the logits stages alone.
-    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
-    return None if spec.kind == "logits" else config["discovery"]["selection"]
-
-
-def stage_grids(wildcards):
-    return [scores_path(wildcards.model, wildcards.task, spec.name) for spec in STAGES[wildcards.task]]
-
 
 rule patch_stage:
     input:

@@ -1,16 +1,6 @@
 # Stage: overlap of the two tasks' circuits in each model, with its chance baseline and threshold
 # sensitivity. Runs when the config has exactly two tasks.
 
-OVERLAP_TASKS = TASKS if len(TASKS) == 2 else []
-
-
-def overlap_inputs(wildcards):
-    return {
-        "circuits": [circuit_path(wildcards.model, task) for task in OVERLAP_TASKS],
-        "grids_a": [scores_path(wildcards.model, OVERLAP_TASKS[0], s.name) for s in STAGES[OVERLAP_TASKS[0]]],
-        "grids_b": [scores_path(wildcards.model, OVERLAP_TASKS[1], s.name) for s in STAGES[OVERLAP_TASKS[1]]],
-    }
-
 
 rule overlap:
     input:
