@@ -93,3 +93,29 @@ def test_every_problem_is_reported_at_once(paper_config):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("no/such/config.yaml")
+
+
+def test_discovery_defaults_are_the_papers(paper_config):
+    config = validate_config(paper_config)
+    assert config["discovery"]["selection"] == {"top_percent": 2.0}
+    assert [s["name"] for s in config["discovery"]["stages"]["ioi"]] == [
+        "movers",
+        "inhibition",
+        "induction",
+        "previous_token",
+    ]
+    assert config["discovery"]["stages"]["colored_objects"][1]["receivers"] == {"stage": "movers", "components": ["q"]}
+
+
+def test_selection_takes_exactly_one_rule(paper_config):
+    paper_config["discovery"] = {"selection": {"top_percent": 2.0, "threshold": 0.1}}
+    assert "discovery.selection" in _error(paper_config)
+    paper_config["discovery"] = {"selection": {"top_percent": 0}}
+    assert "discovery.selection" in _error(paper_config)
+
+
+def test_stage_components_are_checked(paper_config):
+    paper_config["discovery"] = {
+        "stages": {"ioi": [{"name": "movers", "receivers": {"stage": "x", "components": ["o"]}}]}
+    }
+    assert "discovery.stages.ioi.0.receivers" in _error(paper_config)
