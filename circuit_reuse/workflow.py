@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -39,5 +40,9 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
         try:
             yield
+        except BaseException:
+            # Snakemake shows a failed job's log, not its stderr: the traceback belongs in the log.
+            traceback.print_exc()
+            raise
         finally:
             sys.stdout, sys.stderr = out, err

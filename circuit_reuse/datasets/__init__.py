@@ -1,5 +1,17 @@
-"""Task datasets: the shared `TaskDataset` layout and one generator module per task."""
+"""Task datasets: the shared `TaskDataset` layout and one generator module per task.
 
+From a notebook:
+
+    from circuit_reuse.datasets import make_dataset
+    ioi = make_dataset("ioi", 100, seed=0, tokenizer="results/tokenizer")
+    ioi.clean_tokens, ioi.positions["S2"], ioi.records[0]["clean_text"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from circuit_reuse.datasets import colored_objects, ioi
 from circuit_reuse.datasets.core import (
     END,
     DatasetError,
@@ -10,13 +22,54 @@ from circuit_reuse.datasets.core import (
     pad_tokens,
     save_dataset,
 )
+from circuit_reuse.datasets.vocab import as_tokenizer, tokenizer_info
+
+GENERATORS = {ioi.TASK: ioi.generate, colored_objects.TASK: colored_objects.generate}
+TASKS = tuple(GENERATORS)
+
+
+def generate_records(
+    task: str, n: int, seed: int, tokenizer: Any, **options: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate a task's prompts as (records, meta), ready for `save_dataset`.
+
+    `tokenizer` is a Hugging Face tokenizer, a directory holding one, or a model carrying one. `options`
+    are the task's config keys (see workflow/schemas/config.schema.yaml); None means the built-in value.
+    meta holds the task, n, seed, the options actually used, the tokenizer's vocabulary fingerprint and
+    pad token id, and the package versions.
+    """
+    from circuit_reuse.io import versions
+
+    if task not in GENERATORS:
+        raise DatasetError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    tokenizer = as_tokenizer(tokenizer)
+    options = {key: value for key, value in options.items() if value is not None}
+    records, meta = GENERATORS[task](n, seed, tokenizer, **options)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    meta = {**meta, "tokenizer": tokenizer_info(tokenizer), "pad_token_id": pad, "versions": versions()}
+    return records, meta
+
+
+def make_dataset(task: str, n: int, seed: int, tokenizer: Any, **options: Any) -> TaskDataset:
+    """Generate `n` prompts of `task` ("ioi" or "colored_objects") for `seed` as a TaskDataset.
+
+    The same arguments give the same prompts; `dataset.records` and `dataset.meta` are what
+    `save_dataset(path, dataset.records, dataset.meta)` writes.
+    """
+    records, meta = generate_records(task, n, seed, tokenizer, **options)
+    return from_records(task, records, meta, meta["pad_token_id"])
+
 
 __all__ = [
     "END",
+    "GENERATORS",
+    "TASKS",
     "DatasetError",
     "TaskDataset",
     "from_records",
+    "generate_records",
     "load_dataset",
+    "make_dataset",
     "meta_path",
     "pad_tokens",
     "save_dataset",

@@ -16,11 +16,17 @@ def model_manifest(model):
 
 
 TOKENIZER_DIR = "results/tokenizer"
+# The tokenizer files sit beside it; its sha256s and vocabulary fingerprint say which tokenizer it was.
+TOKENIZER_MANIFEST = f"{TOKENIZER_DIR}/manifest.json"
 
 
 def dataset_path(task):
     """JSONL, one prompt a line, with `{task}.meta.json` beside it."""
     return f"results/datasets/{task}.jsonl"
+
+
+def dataset_meta_path(task):
+    return f"results/datasets/{task}.meta.json"
 
 
 def baseline_prompts_path(model, task):
@@ -29,6 +35,11 @@ def baseline_prompts_path(model, task):
 
 def baseline_summary_path(model, task):
     return f"results/baselines/{model}/{task}.summary.parquet"
+
+
+def baseline_table_path():
+    """Every model's and task's baseline summary in one Parquet table."""
+    return f"{TABLES_DIR}/baselines.parquet"
 
 
 def scores_path(model, task, stage):

@@ -1,0 +1,213 @@
+"""Baseline evaluation: how well a model does a task, on clean and on corrupted prompts.
+
+`evaluate` runs the model on every prompt of a TaskDataset and returns one row per prompt and condition;
+`summarize` turns that into one row per condition. Definitions (each at the END position, over the
+whole vocabulary):
+
+- `target`: the token that answers THIS prompt. Clean: the dataset's `answer`. Corrupted (the task's
+  default corruption): the corrupted prompt's own answer, which is the dataset's `wrong` (IOI flip: the
+  S name; Colored Objects: the colour of the object the corrupted question asks about).
+- `distractor`: the other one of (answer, wrong).
+- `logit_diff` = logit(answer) - logit(wrong) in BOTH conditions, the metric path patching normalises
+  between: positive on clean prompts and negative on corrupted ones for a model that does the task.
+- `correct`: the argmax over the vocabulary is `target` (accuracy).
+- `prob_target`: softmax probability of `target` (the "answer probability").
+- `beats_distractor`: logit(target) > logit(distractor) (clean: logit_diff > 0; corrupted: < 0).
+- `target_rank`: how many vocabulary tokens have a strictly higher logit than `target` (0 = top).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from circuit_reuse.datasets.core import DatasetError, TaskDataset
+from circuit_reuse.datasets.vocab import encode
+
+CONDITIONS = ("clean", "corrupted")
+SUMMARY_COLUMNS = [
+    "model",
+    "task",
+    "condition",
+    "n",
+    "accuracy",
+    "logit_diff_mean",
+    "logit_diff_ci_low",
+    "logit_diff_ci_high",
+    "prob_target_mean",
+    "beats_distractor_rate",
+]
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
+    """Raise DatasetError unless the model's own tokenizer encodes the dataset's prompts to its tokens.
+
+    Checks `n_check` prompts spread over the dataset (their `clean_text` against their `clean_tokens`),
+    and that every token id fits the model's vocabulary and every prompt its context.
+    """
+    cfg = getattr(model, "cfg", None)
+    d_vocab = getattr(cfg, "d_vocab", None)
+    n_ctx = getattr(cfg, "n_ctx", None)
+    if d_vocab is not None:
+        top = int(max(dataset.clean_tokens.max(), dataset.corrupted_tokens.max(), dataset.answer_tokens.max()))
+        if top >= d_vocab:
+            raise DatasetError(f"{dataset.task}: token id {top} is outside the model's vocabulary of {d_vocab}")
+    if n_ctx is not None and dataset.clean_tokens.shape[1] > n_ctx:
+        raise DatasetError(
+            f"{dataset.task}: prompts of {dataset.clean_tokens.shape[1]} tokens exceed the model's context of {n_ctx}"
+        )
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not dataset.records:
+        return
+    rows = sorted({round(i * (len(dataset) - 1) / max(n_check - 1, 1)) for i in range(min(n_check, len(dataset)))})
+    for i in rows:
+        record = dataset.records[i]
+        if "clean_text" not in record:
+            return
+        if encode(tokenizer, record["clean_text"]) != list(record["clean_tokens"]):
+            raise DatasetError(
+                f"{dataset.task}: the model's tokenizer encodes prompt {i} ({record['clean_text']!r}) differently "
+                "from the dataset; the dataset was built with another tokenizer: rebuild it with this model's"
+            )
+
+
+@torch.no_grad()
+def end_logits(
+    model: Any, tokens: torch.Tensor, end: torch.Tensor, batch_size: int = 32, desc: str = "", progress=True
+):
+    """Logits at each prompt's END position, [n, d_vocab] float32 on the CPU, in batches with a progress bar."""
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    out = []
+    starts = range(0, tokens.shape[0], batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+        batch = tokens[start : start + batch_size]
+        # Right padding: trim to this batch's longest prompt; causal attention keeps END blind to padding.
+        width = int(end[start : start + batch_size].max()) + 1
+        logits = model(batch[:, :width].to(device))
+        rows = torch.arange(batch.shape[0], device=logits.device)
+        out.append(logits[rows, end[start : start + batch_size].to(logits.device)].float().cpu())
+    return torch.cat(out)
+
+
+def evaluate(
+    model: Any, dataset: TaskDataset, batch_size: int = 32, progress: bool = True, check: bool = True
+) -> pd.DataFrame:
+    """Run `model` on every clean and corrupted prompt; one row per prompt and condition (see module doc).
+
+    Columns: task, prompt (index in the dataset), condition, answer, wrong, target, distractor (token ids),
+    logit_answer, logit_wrong, logit_diff, logit_target, prob_target, top_token, top_str, target_rank,
+    correct, beats_distractor, text (the prompt of this condition), and the record's other scalar fields
+    (e.g. IOI template and order, Colored Objects answer_index) for error analysis.
+    """
+    if check:
+        check_tokenizer(model, dataset)
+    answer, wrong = dataset.answer_tokens[:, 0], dataset.answer_tokens[:, 1]
+    tokenizer = getattr(model, "tokenizer", None)
+    frames = []
+    for condition, tokens in (("clean", dataset.clean_tokens), ("corrupted", dataset.corrupted_tokens)):
+        logits = end_logits(model, tokens, dataset.end, batch_size, f"{dataset.task} {condition}", progress)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        target, distractor = (answer, wrong) if condition == "clean" else (wrong, answer)
+        rows = torch.arange(len(dataset))
+        logit_answer, logit_wrong = logits[rows, answer], logits[rows, wrong]
+        logit_target, logit_distractor = logits[rows, target], logits[rows, distractor]
+        top = logits.argmax(dim=-1)
+        frame = pd.DataFrame(
+            {
+                "task": dataset.task,
+                "prompt": rows.numpy(),
+                "condition": condition,
+                "answer": answer.numpy(),
+                "wrong": wrong.numpy(),
+                "target": target.numpy(),
+                "distractor": distractor.numpy(),
+                "logit_answer": logit_answer.numpy(),
+                "logit_wrong": logit_wrong.numpy(),
+                "logit_diff": (logit_answer - logit_wrong).numpy(),
+                "logit_target": logit_target.numpy(),
+                "prob_target": log_probs[rows, target].exp().numpy(),
+                "top_token": top.numpy(),
+                "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
+                "target_rank": (logits > logit_target[:, None]).sum(dim=-1).numpy(),
+                "correct": (top == target).numpy(),
+                "beats_distractor": (logit_target > logit_distractor).numpy(),
+            }
+        )
+        frame["text"] = [r.get(f"{condition}_text") for r in dataset.records] if dataset.records else None
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    if dataset.records:
+        for key, values in _scalar_fields(dataset.records, set(table.columns)).items():
+            table[key] = values * len(CONDITIONS)
+    return table
+
+
+def _scalar_fields(records: list[dict[str, Any]], taken: set[str]) -> dict[str, list[Any]]:
+    keys = [
+        k
+        for k, v in records[0].items()
+        if k not in taken and not k.endswith("_text") and isinstance(v, str | int | float | bool)
+    ]
+    return {k: [r.get(k) for r in records] for k in keys}
+
+
+def bootstrap_ci(values: Any, n_resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`; the same seed gives the same interval."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // values.size)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        means[start : start + size] = values[rng.integers(0, values.size, (size, values.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def summarize(
+    per_prompt: pd.DataFrame,
+    model: str | None = None,
+    n_resamples: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per (task, condition) of `evaluate`'s table: the columns of SUMMARY_COLUMNS.
+
+    accuracy = mean `correct`; logit_diff_mean with a percentile bootstrap interval (`level`,
+    `n_resamples` resamples of the prompts, seeded); prob_target_mean = mean probability of the
+    condition's own answer; beats_distractor_rate = mean `beats_distractor`.
+    """
+    rows = []
+    for (task, condition), group in per_prompt.groupby(["task", "condition"], sort=False):
+        low, high = bootstrap_ci(group["logit_diff"].to_numpy(), n_resamples, level, seed)
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "condition": condition,
+                "n": len(group),
+                "accuracy": float(group["correct"].mean()),
+                "logit_diff_mean": float(group["logit_diff"].mean()),
+                "logit_diff_ci_low": low,
+                "logit_diff_ci_high": high,
+                "prob_target_mean": float(group["prob_target"].mean()),
+                "beats_distractor_rate": float(group["beats_distractor"].mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
