@@ -47,3 +47,22 @@ def intervention_dir(model):
 TABLES_DIR = "results/tables"
 FIGURES_DIR = "figures"
 NOTEBOOKS_OUT_DIR = "results/notebooks"
+
+
+# Resources. Every rule names its job class from the config's `resources` section (light, model, cache)
+# with the same two lines, so that one config key or one profile entry changes what its jobs ask for:
+#
+#     threads: job_threads("model")
+#     resources:
+#         **job_resources("model"),
+#
+# On SLURM, threads become --cpus-per-task and the resources --mem, --time, --gpus and -p; a profile's
+# set-threads and set-resources override one rule (workflow/profiles/slurm/config.yaml).
+
+
+def job_threads(job_class):
+    return circuit_reuse.workflow.job_threads(config, job_class)
+
+
+def job_resources(job_class):
+    return circuit_reuse.workflow.job_resources(config, job_class)

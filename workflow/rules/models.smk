@@ -10,9 +10,9 @@ rule cache_model:
         tokenizer=config["tokenizer"],
     # Downloading needs internet, which cluster compute nodes often lack: run it where snakemake runs.
     localrule: True
+    threads: job_threads("cache")
     resources:
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("cache"),
     log:
         "logs/cache_model/{model}.log",
     script:
