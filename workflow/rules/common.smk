@@ -49,6 +49,11 @@ FIGURES_DIR = "figures"
 NOTEBOOKS_OUT_DIR = "results/notebooks"
 
 
+def model_check_path(model):
+    """What a compute job saw when it loaded the cached model: device, shape, a short forward pass."""
+    return f"results/model_checks/{model}.json"
+
+
 # Resources. Every rule names its job class from the config's `resources` section (light, model, cache)
 # with the same two lines, so that one config key or one profile entry changes what its jobs ask for:
 #

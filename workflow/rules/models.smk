@@ -19,4 +19,23 @@ rule cache_model:
         "../../scripts/cache_model.py"
 
 
+# The first job of each model on a compute node: load the cache the way every model job does (Hub offline,
+# on the job's device) and run one prompt, so that a cache the nodes cannot see or load fails in seconds.
+rule check_model:
+    input:
+        manifest=model_manifest("{model}"),
+    output:
+        check=model_check_path("{model}"),
+    params:
+        device=config["device"],
+    threads: job_threads("model")
+    resources:
+        **job_resources("model"),
+    log:
+        "logs/check_model/{model}.log",
+    script:
+        "../../scripts/check_model.py"
+
+
 ALL_TARGETS.extend(model_manifest(m) for m in MODELS)
+ALL_TARGETS.extend(model_check_path(m) for m in MODELS)
