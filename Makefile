@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine; each installs what it needs into .venv first.
 #   make run    the paper's workflow on config.yaml (snakemake --cores all)
 #   make test   the whole test suite
+# and one for the cluster set-up:
+#   make test-slurm   the smoke config on a real one-node SLURM on localhost (root, Debian 12)
 # TORCH picks the PyTorch build: plain `torch` on a GPU machine; CI passes torch==2.13.0 (a CPU build).
 
 PYTHON ?= python3
@@ -10,13 +12,18 @@ CORES ?= all
 CONFIG ?= config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: run test smoke lint
+.PHONY: run test test-slurm smoke lint
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# Installs slurm-wlm, slurmdbd, munge and MariaDB on first use, starts a cluster in a temporary directory,
+# runs the smoke config locally and through workflow/profiles/slurm, compares, and shuts the cluster down.
+test-slurm: $(VENV)/.installed
+	SLURM_TEST_PYTHON=$(abspath $(BIN))/python tests/slurm/run_slurm_test.sh
 
 # The offline smoke configuration, written under smoke/ so it never mixes with the paper's results.
 smoke: $(VENV)/.installed

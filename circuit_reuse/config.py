@@ -48,11 +48,13 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
 
 
 def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local $ref; keywords beside it (a default, a description) win over the target's."""
     ref = node.get("$ref")
     if ref and ref.startswith("#/"):
+        target = root
         for part in ref[2:].split("/"):
-            root = root[part]
-        return root
+            target = target[part]
+        return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     return node
 
 

@@ -1,13 +1,67 @@
-"""Small helpers shared by the scripts that Snakemake runs."""
+"""Small helpers shared by the Snakefile and the scripts that Snakemake runs."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+# Job classes of the config's `resources` section; every rule names one (see workflow/rules/common.smk).
+JOB_CLASSES = ("light", "model", "cache")
+
+# What keeps a job off the Hugging Face Hub: compute jobs load models from results/models/ only.
+HUB_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+class ResourcesError(ValueError):
+    """A rule asked for a job class that the config's `resources` section does not define."""
+
+
+def _job_class(config: Mapping[str, Any], job_class: str) -> Mapping[str, Any]:
+    classes = config.get("resources") or {}
+    if job_class not in classes:
+        known = ", ".join(sorted(classes)) or "none (was the config validated?)"
+        raise ResourcesError(f"unknown job class {job_class!r} in the config's `resources`; known classes: {known}")
+    return classes[job_class]
+
+
+def job_threads(config: Mapping[str, Any], job_class: str) -> int:
+    """CPUs for one job of `job_class`: the rule's `threads`, which the SLURM plugin turns into --cpus-per-task."""
+    return int(_job_class(config, job_class)["cpus"])
+
+
+def job_resources(config: Mapping[str, Any], job_class: str) -> dict[str, Any]:
+    """Snakemake resources for one job of `job_class`, named as snakemake-executor-plugin-slurm reads them.
+
+    mem_mb -> sbatch --mem, runtime (minutes) -> --time, gpu -> --gpus, partition -> slurm_partition (-p).
+    A GPU count of 0 and a null partition are left out, so that the cluster's defaults apply and a
+    profile's `set-resources` can still add them for one rule.
+    """
+    spec = _job_class(config, job_class)
+    resources: dict[str, Any] = {"mem_mb": int(spec["mem_mb"]), "runtime": int(spec["runtime"])}
+    if spec.get("gpu"):
+        resources["gpu"] = int(spec["gpu"])
+    if spec.get("partition"):
+        resources["slurm_partition"] = str(spec["partition"])
+    return resources
+
+
+def hub_offline() -> None:
+    """Keep this process off the Hugging Face Hub; call it before loading a model in a compute job.
+
+    Compute nodes often have no internet, and a job that reaches for the Hub there hangs on timeouts
+    instead of failing. Models are cached beforehand by the local `cache_model` rule and loaded from
+    results/models/ only.
+    """
+    os.environ.update(HUB_OFFLINE_ENV)
+    # huggingface_hub reads the variable once, when it is imported: tell an already imported one too.
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:
+        hub_constants.HF_HUB_OFFLINE = True
 
 
 class _Tee:
@@ -46,3 +100,17 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
             raise
         finally:
             sys.stdout, sys.stderr = out, err
+
+
+@contextlib.contextmanager
+def model_job(job) -> Iterator[None]:
+    """What every job that runs a model starts with: the Hub offline, the rule's threads, the job's log.
+
+    `job` is the `snakemake` object Snakemake injects into a script.
+    """
+    import torch
+
+    hub_offline()
+    torch.set_num_threads(max(1, int(job.threads)))
+    with job_logging(job.log[0]):
+        yield

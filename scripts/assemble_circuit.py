@@ -7,10 +7,10 @@ from circuit_reuse.datasets import load_dataset
 from circuit_reuse.discovery import StageSpec, assemble_circuit, grid_from_table
 from circuit_reuse.io import provenance, read_parquet
 from circuit_reuse.models import load_model
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with job_logging(job.log[0]):
+with model_job(job):
     specs = [StageSpec(**{**s, "components": tuple(s["components"])}) for s in job.params.stages]
     grids = {spec.name: grid_from_table(read_parquet(path)) for spec, path in zip(specs, job.input.grids, strict=True)}
     dataset = load_dataset(job.input.dataset)

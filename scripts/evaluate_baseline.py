@@ -6,9 +6,9 @@ from circuit_reuse.datasets import load_dataset
 from circuit_reuse.evaluation import evaluate, summarize
 from circuit_reuse.io import write_parquet
 from circuit_reuse.models import load_model
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import model_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+with model_job(snakemake):  # noqa: F821 (snakemake injects this object)
     model_name, task = snakemake.wildcards.model, snakemake.wildcards.task  # noqa: F821
     settings = snakemake.params.evaluation  # noqa: F821
     dataset = load_dataset(snakemake.input.dataset)  # noqa: F821

@@ -5,10 +5,10 @@ from pathlib import Path
 from circuit_reuse.head_roles import detector_scores
 from circuit_reuse.io import write_parquet
 from circuit_reuse.models import load_model
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with job_logging(job.log[0]):
+with model_job(job):
     model = load_model(Path(job.input.model).parent, device=job.params.device)
     table = detector_scores(model, **job.params.detectors)
     table.insert(0, "model", job.wildcards.model)

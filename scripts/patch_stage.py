@@ -14,10 +14,10 @@ from circuit_reuse.discovery import (
 )
 from circuit_reuse.io import read_parquet, write_parquet
 from circuit_reuse.models import load_model
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with job_logging(job.log[0]):
+with model_job(job):
     spec = StageSpec(**{**job.params.stage, "components": tuple(job.params.stage["components"])})
     dataset = load_dataset(job.input.dataset)
     if job.params.n_prompts:

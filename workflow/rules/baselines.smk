@@ -14,12 +14,9 @@ rule evaluate_baseline:
         device=config["device"],
         evaluation=config["evaluation"],
         model_spec=lambda wildcards: config["models"][wildcards.model],
-    # A few forward passes per prompt: minutes on a CPU for GPT-2 medium and 1000 prompts. To run it on a
-    # GPU node, raise gpu with --set-resources evaluate_baseline:gpu=1.
+    threads: job_threads("model")
     resources:
-        mem_mb=16000,
-        runtime=60,
-        gpu=0,
+        **job_resources("model"),
     log:
         "logs/evaluate_baseline/{model}/{task}.log",
     script:
@@ -32,9 +29,9 @@ rule baseline_table:
     output:
         table=baseline_table_path(),
     localrule: True
+    threads: job_threads("light")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **job_resources("light"),
     log:
         "logs/baseline_table.log",
     script:

@@ -112,3 +112,27 @@ def overlap_inputs(wildcards):
         "grids_a": [scores_path(wildcards.model, OVERLAP_TASKS[0], s.name) for s in STAGES[OVERLAP_TASKS[0]]],
         "grids_b": [scores_path(wildcards.model, OVERLAP_TASKS[1], s.name) for s in STAGES[OVERLAP_TASKS[1]]],
     }
+
+
+def model_check_path(model):
+    """What a compute job saw when it loaded the cached model: device, shape, a short forward pass."""
+    return f"results/model_checks/{model}.json"
+
+
+# Resources. Every rule names its job class from the config's `resources` section (light, model, cache)
+# with the same two lines, so that one config key or one profile entry changes what its jobs ask for:
+#
+#     threads: job_threads("model")
+#     resources:
+#         **job_resources("model"),
+#
+# On SLURM, threads become --cpus-per-task and the resources --mem, --time, --gpus and -p; a profile's
+# set-threads and set-resources override one rule (workflow/profiles/slurm/config.yaml).
+
+
+def job_threads(job_class):
+    return circuit_reuse.workflow.job_threads(config, job_class)
+
+
+def job_resources(job_class):
+    return circuit_reuse.workflow.job_resources(config, job_class)

@@ -9,9 +9,9 @@ rule cache_tokenizer:
         tokenizer=config["tokenizer"],
     # May download the tokenizer files (2 MB) from the Hub: run it where snakemake runs.
     localrule: True
+    threads: job_threads("cache")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("cache"),
     log:
         "logs/cache_tokenizer.log",
     script:
@@ -26,9 +26,9 @@ rule make_dataset:
         meta=dataset_meta_path("{task}"),
     params:
         options=lambda wildcards: config["tasks"][wildcards.task],
+    threads: job_threads("light")
     resources:
-        mem_mb=4000,
-        runtime=20,
+        **job_resources("light"),
     log:
         "logs/make_dataset/{task}.log",
     script:

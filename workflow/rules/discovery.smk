@@ -16,9 +16,9 @@ rule patch_stage:
         device=config["device"],
     wildcard_constraints:
         stage="[A-Za-z0-9_]+",
+    threads: job_threads("model")
     resources:
-        mem_mb=24000,
-        runtime=360,
+        **job_resources("model"),
     log:
         "logs/patch_stage/{model}/{task}/{stage}.log",
     script:
@@ -33,9 +33,9 @@ rule head_detectors:
     params:
         detectors=config["discovery"]["detectors"],
         device=config["device"],
+    threads: job_threads("model")
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **job_resources("model"),
     log:
         "logs/head_detectors/{model}.log",
     script:
@@ -55,9 +55,9 @@ rule assemble_circuit:
         selection=config["discovery"]["selection"],
         n_prompts=config["discovery"]["n_prompts"],
         device=config["device"],
+    threads: job_threads("model")
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **job_resources("model"),
     log:
         "logs/assemble_circuit/{model}/{task}.log",
     script:

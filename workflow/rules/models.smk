@@ -10,13 +10,32 @@ rule cache_model:
         tokenizer=config["tokenizer"],
     # Downloading needs internet, which cluster compute nodes often lack: run it where snakemake runs.
     localrule: True
+    threads: job_threads("cache")
     resources:
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("cache"),
     log:
         "logs/cache_model/{model}.log",
     script:
         "../../scripts/cache_model.py"
 
 
+# The first job of each model on a compute node: load the cache the way every model job does (Hub offline,
+# on the job's device) and run one prompt, so that a cache the nodes cannot see or load fails in seconds.
+rule check_model:
+    input:
+        manifest=model_manifest("{model}"),
+    output:
+        check=model_check_path("{model}"),
+    params:
+        device=config["device"],
+    threads: job_threads("model")
+    resources:
+        **job_resources("model"),
+    log:
+        "logs/check_model/{model}.log",
+    script:
+        "../../scripts/check_model.py"
+
+
 ALL_TARGETS.extend(model_manifest(m) for m in MODELS)
+ALL_TARGETS.extend(model_check_path(m) for m in MODELS)

@@ -11,9 +11,9 @@ rule overlap:
         sensitivity=f"{overlap_dir('{model}')}/sensitivity.parquet",
     params:
         overlap=config["overlap"],
+    threads: job_threads("light")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("light"),
     log:
         "logs/overlap/{model}.log",
     script:
