@@ -1,8 +1,9 @@
-"""The intervention experiment: attention edits read back through hooks, statistics on known data and head
-selection from circuit files."""
+"""The intervention experiment: attention edits read back through hooks, statistics on known data, head
+selection from circuit files, and the config section."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from circuit_reuse.config import ConfigError, validate_config
 from circuit_reuse.datasets import from_records
 from circuit_reuse.intervention import (
     BASELINE,
     BLOCK_CONDITION,
+    HEAD_SETS,
     PAPER_CONDITIONS,
     PAPER_HEADS,
     Block,
@@ -29,6 +33,7 @@ from circuit_reuse.intervention import (
     bootstrap_accuracy,
     heads_from_circuit,
     intervention_experiment,
+    model_section,
     mover_readouts,
     mover_spearman,
     plan_conditions,
@@ -532,3 +537,48 @@ def test_the_experiment_runs_what_it_can_and_records_the_rest(model, co_dataset)
     assert (movers[movers["condition"] == BASELINE]["d_dla"] == 0).all()
     assert set(tables["movers_spearman"]["condition"]) == {"inhibition", "both", BLOCK_CONDITION}
     assert tables["head_sets"].set_index("set").loc["negative_mover", "note"] == "none found"
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.fixture
+def paper_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_paper_config_intervenes_on_the_papers_heads(paper_config):
+    config = validate_config(paper_config)["intervention"]
+    medium = config["heads"]["gpt2-medium"]
+    assert [tuple(h) for h in medium["inhibition"]] == list(PAPER_HEADS["inhibition"])
+    assert [tuple(h) for h in medium["negative_mover"]] == [(19, 1)] and medium["movers"] == "auto"
+    assert "gpt2-small" not in config["heads"]
+    assert model_section(config, "gpt2-small")["heads"] == {name: "auto" for name in HEAD_SETS}
+    assert model_section(config, "gpt2-medium")["heads"]["negative_mover"] == [[19, 1]]
+    settings = InterventionSettings.from_config(config)
+    assert settings.conditions == PAPER_CONDITIONS and settings.target_roles == ("wrong_color_0", "wrong_color_1")
+    assert settings.target_weights is None and settings.query_role == "END"
+    del paper_config["intervention"]
+    defaults = validate_config(paper_config)["intervention"]
+    assert defaults["heads"] == {} and defaults["random_controls"] == {"repeats": 10, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda c: c["heads"]["gpt2-medium"].update(inhibition=[[12]]), "intervention.heads.gpt2-medium.inhibition"),
+        (lambda c: c["heads"]["gpt2-medium"].update(movers="all"), "intervention.heads.gpt2-medium.movers"),
+        (lambda c: c["random_controls"].update(repeats=-1), "intervention.random_controls.repeats"),
+        (lambda c: c.update(target_roles=[]), "intervention.target_roles"),
+        (lambda c: c["conditions"].update(both=["inhibition", "movers"]), "intervention.conditions.both"),
+        (lambda c: c["conditions"].update(none=["inhibition"]), "intervention.conditions"),
+        (lambda c: c.update(bootstrap={"n": 10, "sed": 1}), "'sed'"),
+    ],
+)
+def test_bad_intervention_values_name_the_key(paper_config, change, where):
+    bad = copy.deepcopy(paper_config)
+    change(bad["intervention"])
+    with pytest.raises(ConfigError, match=".") as raised:
+        validate_config(bad)
+    assert where in str(raised.value)
