@@ -1,10 +1,13 @@
 """The intervention experiment: attention edits read back through hooks, statistics on known data, head
-selection from circuit files, and the config section."""
+selection from circuit files, and the workflow rule run offline on the smoke configuration."""
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 import yaml
 
 from circuit_reuse.config import ConfigError, validate_config
-from circuit_reuse.datasets import from_records
+from circuit_reuse.datasets import from_records, save_dataset
 from circuit_reuse.intervention import (
     BASELINE,
     BLOCK_CONDITION,
@@ -45,6 +48,7 @@ from circuit_reuse.intervention import (
     run_conditions_with_readouts,
     spearman,
 )
+from circuit_reuse.io import read_parquet, write_json, write_parquet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -582,3 +586,71 @@ def test_bad_intervention_values_name_the_key(paper_config, change, where):
     with pytest.raises(ConfigError, match=".") as raised:
         validate_config(bad)
     assert where in str(raised.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The workflow rule on the smoke configuration, with hand-made upstream files
+
+
+def test_smoke_workflow_builds_the_intervention_tables(tmp_path, tokenizer, tokenizer_dir):
+    from circuit_reuse.models import ModelSpec, cache_model
+
+    smoke = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    entry = smoke["models"]["tiny-a"]
+    cache_model(ModelSpec.from_config("tiny-a", entry), tmp_path / "results/models/tiny-a", tokenizer_dir)
+    records = colored_objects_records(tokenizer, 12, seed=2)
+    save_dataset(tmp_path / "results/datasets/colored_objects.jsonl", records, {"task": "colored_objects", "seed": 2})
+    write_json(tmp_path / "results/circuits/tiny-a/ioi.json", IOI_CIRCUIT)
+    write_json(tmp_path / "results/circuits/tiny-a/colored_objects.json", CO_CIRCUIT)
+    grid = pd.DataFrame(
+        {"layer": np.repeat(np.arange(4), 4), "head": np.tile(np.arange(4), 4), "score": np.linspace(-1, 1, 16)}
+    )
+    grid = grid.assign(model="tiny-a", task="colored_objects", stage="movers", receivers="logits", position="END")
+    write_parquet(tmp_path / "results/patching/tiny-a/colored_objects/movers.parquet", grid)
+    targets = [f"results/intervention/tiny-a/{name}.parquet" for name in ("accuracy", "movers_spearman")]
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake", "--cores", "1",
+            "--snakefile", str(REPO / "workflow" / "Snakefile"),
+            "--configfile", str(REPO / "workflow" / "configs" / "smoke.yaml"),
+            "--directory", str(tmp_path), *targets,
+        ],
+        env={**os.environ, "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "results/intervention/tiny-a"
+    tables = {p.stem: read_parquet(p) for p in sorted(out.glob("*.parquet"))}
+    assert set(tables) == {
+        "head_sets", "per_prompt", "accuracy", "controls", "controls_summary", "movers", "movers_spearman",
+    }  # fmt: skip
+    accuracy = tables["accuracy"].set_index("condition")
+    assert list(accuracy.index) == [BASELINE, "inhibition", "negative_mover", "both", BLOCK_CONDITION]
+    assert (accuracy["status"] == "ran").all() and (accuracy["model"] == "tiny-a").all()
+    assert accuracy.loc["both", "heads"] == "1.3,2.1,3.2"
+    assert len(tables["per_prompt"]) == 5 * 12 and len(tables["controls"]) == 4 * 3
+    movers = tables["movers"]
+    assert len(movers) == 5 * 3 and movers["importance"].notna().all()
+    assert (tables["head_sets"]["source"].str.startswith("circuit:")).all()
+    log = (tmp_path / "logs/intervention/tiny-a.log").read_text()
+    assert "inhibition (circuit:ioi:role=inhibition): 1.3, 2.1" in log
+
+
+def test_workflow_refuses_heads_for_an_unknown_model_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["intervention"]["heads"]["gpt2-mediun"] = config["intervention"]["heads"].pop("gpt2-medium")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+            "--configfile", str(tmp_path / "typo.yaml"), "--directory", str(tmp_path),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "intervention.heads: no model named 'gpt2-mediun'" in output
