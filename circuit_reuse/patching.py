@@ -1,0 +1,898 @@
+"""Path patching with the semantics of Wang et al. (2022) as Merullo et al. (2024) implement it.
+
+For a sender head s, receivers R and a patch position p (per prompt):
+
+(a) run the clean input; at p replace s's output (`hook_z`) by its corrupted value, hold every other head's
+    output at p at its clean value (and every MLP output at p when `freeze_mlps`), and record what the
+    receivers see at p: the q, k or v vector of each receiver head, or the final residual stream ("logits");
+(b) run the clean input again with only the receivers' activations at p replaced by the recorded ones, and
+    read the logit difference LD = logit(correct) - logit(wrong) at each prompt's last real token;
+(c) score(s) = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), every LD a mean over all prompts.
+
+Two implementations share input validation (`prepare_job`) and the score formula (`scores_from_sums`):
+
+- `path_patch_reference` does (a) and (b) literally: two full forward passes of the bridge per sender per
+  batch, with hooks. It is slow and obviously right; tests and the benchmark measure the fast one against it.
+- `path_patch` computes the same numbers from the model's weights, using that only position p changes and
+  attention is causal:
+  * in (a) every head at p except s is frozen, so the residual stream at p differs from the clean one by
+    s's own delta (z_corr - z_clean) W_O[s] plus, unless MLPs are frozen, the MLPs' responses to it at p.
+    That is a one-position MLP chain, run for all senders (and prompts) at once from each sender's layer;
+  * in (b) nothing below the lowest receiver layer changes, and only positions p..END change above it. Those
+    positions are recomputed from the clean run's residual stream, attending to the clean run's cached keys
+    and values for every earlier position. With p = END that is a single position per prompt.
+  Each pass also carries an unpatched "clean row" through the same computation, and a sender's effect is
+  measured against that row, so the fast path's own rounding cancels in LD_patched - LD_clean (a sender that
+  changes nothing scores exactly 0, as in the reference).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+LOGITS = "logits"
+COMPONENTS = ("q", "k", "v")
+DEFAULT_BATCH_SIZE = 32
+# Rows (senders + 1) x prompts x recomputed positions per pass of the fast path. The largest activation is
+# rows x d_mlp floats (0.5 GiB for GPT-2 medium in float32), so memory stays bounded whatever N is.
+DEFAULT_ROW_BUDGET = 1 << 15
+
+Receiver = tuple[int, int, str]
+Sender = tuple[int, int]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs, shared by both implementations
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchJob:
+    """The validated inputs of one path-patching call, on the model's device."""
+
+    clean: torch.Tensor  # [n, seq]
+    corrupted: torch.Tensor  # [n, seq]
+    answers: torch.Tensor  # [n, 2] (correct, wrong)
+    position: torch.Tensor  # [n] patch position
+    end: torch.Tensor  # [n] last real token, where the logit difference is read
+    receivers: tuple[Receiver, ...] | None  # None: the final residual stream ("logits")
+    senders: tuple[Sender, ...]  # sorted by layer, then head
+    freeze_mlps: bool
+    n_layers: int
+    n_heads: int
+
+    @property
+    def to_logits(self) -> bool:
+        return self.receivers is None
+
+    @property
+    def lowest_receiver_layer(self) -> int:
+        return self.n_layers if self.receivers is None else min(r[0] for r in self.receivers)
+
+    @property
+    def n_prompts(self) -> int:
+        return self.clean.shape[0]
+
+    def batches(self, batch_size: int) -> Iterator[PatchJob]:
+        """The same job restricted to consecutive slices of at most `batch_size` prompts."""
+        for start in range(0, self.n_prompts, batch_size):
+            rows = slice(start, start + batch_size)
+            yield PatchJob(
+                clean=self.clean[rows],
+                corrupted=self.corrupted[rows],
+                answers=self.answers[rows],
+                position=self.position[rows],
+                end=self.end[rows],
+                receivers=self.receivers,
+                senders=self.senders,
+                freeze_mlps=self.freeze_mlps,
+                n_layers=self.n_layers,
+                n_heads=self.n_heads,
+            )
+
+
+def prepare_job(
+    model,
+    clean_tokens,
+    corrupted_tokens,
+    answer_tokens,
+    receivers,
+    position,
+    freeze_mlps: bool = False,
+    senders: Sequence[Sender] | None = None,
+    end_positions=None,
+) -> PatchJob:
+    """Check every input and bring it into one canonical form; raise ValueError saying what is wrong."""
+    cfg = model.cfg
+    n_layers, n_heads, d_vocab = cfg.n_layers, cfg.n_heads, cfg.d_vocab
+    clean = _check_tokens("clean_tokens", clean_tokens, d_vocab)
+    corrupted = _check_tokens("corrupted_tokens", corrupted_tokens, d_vocab)
+    if clean.shape != corrupted.shape:
+        raise ValueError(
+            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have the same "
+            "shape: a corruption is a minimal change of the same prompt, padded the same way"
+        )
+    n, seq = clean.shape
+    if seq > cfg.n_ctx:
+        raise ValueError(f"prompts have {seq} tokens but the model's context holds {cfg.n_ctx}")
+    answers = _check_int_tensor("answer_tokens", answer_tokens)
+    if answers.shape != (n, 2):
+        raise ValueError(
+            f"answer_tokens must have shape [batch, 2] = ({n}, 2) (correct, wrong); got {tuple(answers.shape)}"
+        )
+    if answers.min() < 0 or answers.max() >= d_vocab:
+        raise ValueError(f"answer_tokens must be token ids in [0, {d_vocab})")
+    if not isinstance(freeze_mlps, bool):
+        raise ValueError(f"freeze_mlps must be True or False, not {freeze_mlps!r}")
+
+    end = _end_positions(model, clean, corrupted, end_positions)
+    if position is None:
+        position = end.clone()
+    elif isinstance(position, int) and not isinstance(position, bool):
+        position = torch.full((n,), position, dtype=torch.long)
+    else:
+        position = _check_int_tensor("position", position)
+        if position.ndim == 0:
+            position = position.expand(n).clone()
+        if position.shape != (n,):
+            raise ValueError(
+                f"position must be an int or a LongTensor of shape [batch] = ({n},); got {tuple(position.shape)}"
+            )
+    if position.min() < 0:
+        raise ValueError("position must be >= 0 (negative indices are not supported)")
+    beyond = (position > end).nonzero().flatten()
+    if len(beyond):
+        i = int(beyond[0])
+        raise ValueError(
+            f"position {int(position[i])} lies beyond prompt {i}'s last real token ({int(end[i])}); "
+            f"{len(beyond)} prompt(s) affected"
+        )
+
+    receiver_tuple = _check_receivers(receivers, n_layers, n_heads)
+    if receiver_tuple is None and not torch.equal(position, end):
+        raise ValueError(
+            "receivers='logits' patches the final residual stream, which only reaches the logit difference at "
+            "each prompt's last real token: position must be that token (pass position=None for it)"
+        )
+    lowest = n_layers if receiver_tuple is None else min(r[0] for r in receiver_tuple)
+    if senders is None:
+        sender_tuple = tuple((layer, head) for layer in range(lowest) for head in range(n_heads))
+    else:
+        sender_tuple = tuple(sorted({_check_sender(s, lowest, n_heads) for s in senders}))
+
+    device = _model_device(model)
+    return PatchJob(
+        clean=clean.to(device),
+        corrupted=corrupted.to(device),
+        answers=answers.to(device),
+        position=position.to(device),
+        end=end.to(device),
+        receivers=receiver_tuple,
+        senders=sender_tuple,
+        freeze_mlps=freeze_mlps,
+        n_layers=n_layers,
+        n_heads=n_heads,
+    )
+
+
+def _check_int_tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch LongTensor, not {type(value).__name__}")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers (torch.long); got {value.dtype}")
+    return value.detach().to(torch.long).cpu()
+
+
+def _check_tokens(name: str, value, d_vocab: int) -> torch.Tensor:
+    tokens = _check_int_tensor(name, value)
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [batch, seq] with batch, seq >= 1; got {tuple(tokens.shape)}")
+    if tokens.min() < 0 or tokens.max() >= d_vocab:
+        raise ValueError(f"{name} must be token ids in [0, {d_vocab})")
+    return tokens
+
+
+def _end_positions(model, clean: torch.Tensor, corrupted: torch.Tensor, end_positions) -> torch.Tensor:
+    """Each prompt's last real token: given, or found as the token before the trailing right-padding."""
+    n, seq = clean.shape
+    if end_positions is not None:
+        end = _check_int_tensor("end_positions", end_positions)
+        if end.shape != (n,):
+            raise ValueError(f"end_positions must have shape [batch] = ({n},); got {tuple(end.shape)}")
+        if end.min() < 0 or end.max() >= seq:
+            raise ValueError(f"end_positions must lie in [0, {seq})")
+        return end
+    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None)
+    if pad is None:
+        pad = model.cfg.eos_token_id
+    ends = []
+    for name, tokens in (("clean_tokens", clean), ("corrupted_tokens", corrupted)):
+        real = tokens != pad
+        if not real.any(dim=1).all():
+            raise ValueError(f"{name}: some prompt consists only of padding (token {pad})")
+        # The last non-pad token; right padding means everything after it is padding.
+        ends.append(seq - 1 - real.flip(1).to(torch.int8).argmax(dim=1))
+    differ = (ends[0] != ends[1]).nonzero().flatten()
+    if len(differ):
+        i = int(differ[0])
+        raise ValueError(
+            f"prompt {i} has {int(ends[0][i]) + 1} real tokens clean but {int(ends[1][i]) + 1} corrupted; path "
+            "patching needs corruptions of the same length (if a prompt really ends in the pad token "
+            f"{pad}, pass end_positions)"
+        )
+    return ends[0]
+
+
+def _check_receivers(receivers, n_layers: int, n_heads: int) -> tuple[Receiver, ...] | None:
+    if isinstance(receivers, str):
+        if receivers != LOGITS:
+            raise ValueError(f"receivers must be 'logits' or a list of (layer, head, component); got {receivers!r}")
+        return None
+    try:
+        items = list(receivers)
+    except TypeError:
+        raise ValueError(
+            f"receivers must be 'logits' or a list of (layer, head, component); got {receivers!r}"
+        ) from None
+    if not items:
+        raise ValueError("receivers is empty: name at least one (layer, head, component)")
+    checked = set()
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            raise ValueError(f"each receiver must be (layer, head, component); got {item!r}")
+        layer, head, component = item
+        if not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise ValueError(f"receiver {item!r}: layer must be an int in [0, {n_layers})")
+        if not isinstance(head, int) or not 0 <= head < n_heads:
+            raise ValueError(f"receiver {item!r}: head must be an int in [0, {n_heads})")
+        if component not in COMPONENTS:
+            raise ValueError(f"receiver {item!r}: component must be one of {', '.join(COMPONENTS)}")
+        checked.add((layer, head, component))
+    return tuple(sorted(checked))
+
+
+def _check_sender(sender, lowest: int, n_heads: int) -> Sender:
+    if not isinstance(sender, (tuple, list)) or len(sender) != 2:
+        raise ValueError(f"each sender must be (layer, head); got {sender!r}")
+    layer, head = sender
+    if not isinstance(layer, int) or not 0 <= layer < lowest:
+        raise ValueError(f"sender {sender!r}: layer must be below the lowest receiver layer ({lowest})")
+    if not isinstance(head, int) or not 0 <= head < n_heads:
+        raise ValueError(f"sender {sender!r}: head must be an int in [0, {n_heads})")
+    return (layer, head)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Score, shared by both implementations
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreSums:
+    """Running sums over prompts; the score is formed once at the end, so it does not depend on batch size."""
+
+    n_layers: int
+    n_heads: int
+    patched_minus_clean: torch.Tensor = field(init=False)  # [n_layers, n_heads], sum of LD_patched - LD_clean
+    clean: float = 0.0
+    corrupt: float = 0.0
+    n_prompts: int = 0
+
+    def __post_init__(self):
+        self.patched_minus_clean = torch.zeros(self.n_layers, self.n_heads, dtype=torch.float64)
+
+    def add_baselines(self, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> None:
+        self.clean += float(ld_clean.double().sum())
+        self.corrupt += float(ld_corrupt.double().sum())
+        self.n_prompts += ld_clean.shape[0]
+
+    def add_senders(self, senders: Sequence[Sender], patched_minus_clean: torch.Tensor) -> None:
+        """`patched_minus_clean`: [len(senders), batch], LD_patched - LD_clean per sender and prompt."""
+        totals = patched_minus_clean.double().sum(dim=1).cpu()
+        for (layer, head), total in zip(senders, totals, strict=True):
+            self.patched_minus_clean[layer, head] += total
+
+
+def scores_from_sums(sums: ScoreSums, senders: Sequence[Sender]) -> torch.Tensor:
+    """score = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), means over all prompts; NaN for non-senders."""
+    n = sums.n_prompts
+    denominator = (sums.corrupt - sums.clean) / n
+    if denominator == 0 or not math.isfinite(denominator):
+        warnings.warn(
+            f"mean logit difference is the same on clean and corrupted prompts ({sums.clean / n:.6g}); the path "
+            "patching scores are undefined (inf or nan)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    scores = torch.full((sums.n_layers, sums.n_heads), float("nan"), dtype=torch.float64)
+    for layer, head in senders:
+        scores[layer, head] = sums.patched_minus_clean[layer, head] / n / denominator
+    return scores
+
+
+def logit_difference(logits_at_end: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """logit(correct) - logit(wrong) per prompt, from logits [batch, d_vocab] at each prompt's last token."""
+    return logits_at_end.gather(1, answers[:, :1]).squeeze(1) - logits_at_end.gather(1, answers[:, 1:]).squeeze(1)
+
+
+def _progress(job: PatchJob, batch_size: int, progress: bool, desc: str) -> tqdm:
+    n_batches = math.ceil(job.n_prompts / batch_size)
+    return tqdm(total=n_batches * len(job.senders), unit="sender", desc=desc, disable=not progress, smoothing=0.1)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference: the recipe, literally
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _hook_name(layer: int, what: str) -> str:
+    return {
+        "z": f"blocks.{layer}.attn.hook_z",
+        "q": f"blocks.{layer}.attn.hook_q",
+        "k": f"blocks.{layer}.attn.hook_k",
+        "v": f"blocks.{layer}.attn.hook_v",
+        "mlp_out": f"blocks.{layer}.hook_mlp_out",
+        "resid_pre": f"blocks.{layer}.hook_resid_pre",
+        "resid_mid": f"blocks.{layer}.hook_resid_mid",
+    }[what]
+
+
+FINAL_RESIDUAL = "ln_final.hook_in"
+
+
+def _run_storing(model, tokens: torch.Tensor, wanted: Sequence[tuple[str, str, Callable]]) -> tuple[torch.Tensor, dict]:
+    """Run the bridge once and return its logits and, for each (hook, key, take), `take(activation)` as key."""
+    stored = {}
+    by_hook: dict[str, list[tuple[str, Callable]]] = {}
+    for hook_name, key, take in wanted:
+        by_hook.setdefault(hook_name, []).append((key, take))
+
+    def keeper(takers):
+        def hook(activation, hook):
+            for key, take in takers:
+                stored[key] = take(activation)
+
+        return hook
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(takers)) for name, takers in by_hook.items()])
+    return logits, stored
+
+
+def path_patch_reference(
+    model,
+    clean_tokens,
+    corrupted_tokens,
+    answer_tokens,
+    receivers,
+    position,
+    freeze_mlps: bool = False,
+    *,
+    senders: Sequence[Sender] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    end_positions=None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Path patching exactly as the recipe reads: two full forward passes of the bridge per sender per batch.
+
+    Same arguments and result as `path_patch` (float64 [n_layers, n_heads] on the CPU, NaN for heads that are
+    not senders); `senders` restricts the work to some heads (the benchmark times a sample). Slow by design.
+    """
+    _check_batch_size(batch_size)
+    job = prepare_job(
+        model, clean_tokens, corrupted_tokens, answer_tokens, receivers, position, freeze_mlps, senders, end_positions
+    )
+    sums = ScoreSums(job.n_layers, job.n_heads)
+    with torch.no_grad(), _progress(job, batch_size, progress, "path patching (reference)") as bar:
+        for batch in job.batches(batch_size):
+            _reference_batch(model, batch, sums, bar)
+    return scores_from_sums(sums, job.senders)
+
+
+def _reference_batch(model, job: PatchJob, sums: ScoreSums, bar: tqdm) -> None:
+    rows = torch.arange(job.n_prompts, device=job.clean.device)
+    p, end = job.position, job.end
+
+    def at_p(activation):
+        return activation[rows, p].clone()
+
+    # 1. Cache a clean and a corrupted run: every head's z and every MLP output at p.
+    wanted = [
+        (_hook_name(layer, what), _hook_name(layer, what), at_p)
+        for layer in range(job.n_layers)
+        for what in ("z", "mlp_out")
+    ]
+    clean_logits, clean = _run_storing(model, job.clean, wanted)
+    corrupt_logits, corrupt = _run_storing(model, job.corrupted, wanted)
+    ld_clean = logit_difference(clean_logits[rows, end], job.answers)
+    ld_corrupt = logit_difference(corrupt_logits[rows, end], job.answers)
+    sums.add_baselines(ld_clean, ld_corrupt)
+    del clean_logits, corrupt_logits
+
+    receiver_hooks = _receiver_hook_names(job)
+    for sender in job.senders:
+        recorded = _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, rows)
+        ld_patched = _reference_receiver_run(model, job, recorded, rows)
+        sums.add_senders([sender], (ld_patched - ld_clean)[None])
+        bar.update(1)
+
+
+def _receiver_hook_names(job: PatchJob) -> dict[str, list[int]]:
+    """Hook name -> receiver heads read or written there ({final residual: []} for logits)."""
+    if job.to_logits:
+        return {FINAL_RESIDUAL: []}
+    names: dict[str, list[int]] = {}
+    for layer, head, component in job.receivers:
+        names.setdefault(_hook_name(layer, component), []).append(head)
+    return names
+
+
+def _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, rows) -> dict[str, torch.Tensor]:
+    """Step (a): clean run with s corrupted and everything else frozen at p; return the receivers' inputs at p."""
+    p = job.position
+    sender_layer, sender_head = sender
+    recorded: dict[str, torch.Tensor] = {}
+
+    def set_head_outputs(layer):
+        def hook(z, hook):
+            z = z.clone()
+            z[rows, p] = clean[_hook_name(layer, "z")]
+            if layer == sender_layer:
+                z[rows, p, sender_head] = corrupt[_hook_name(layer, "z")][:, sender_head]
+            return z
+
+        return hook
+
+    def freeze_mlp(layer):
+        def hook(out, hook):
+            out = out.clone()
+            out[rows, p] = clean[_hook_name(layer, "mlp_out")]
+            return out
+
+        return hook
+
+    def record(name, heads):
+        def hook(activation, hook):
+            recorded[name] = activation[rows, p][:, heads].clone() if heads else activation[rows, p].clone()
+
+        return hook
+
+    hooks = [(_hook_name(layer, "z"), set_head_outputs(layer)) for layer in range(job.n_layers)]
+    if job.freeze_mlps:
+        hooks += [(_hook_name(layer, "mlp_out"), freeze_mlp(layer)) for layer in range(job.n_layers)]
+    hooks += [(name, record(name, heads)) for name, heads in receiver_hooks.items()]
+    model.run_with_hooks(job.clean, fwd_hooks=hooks)
+    return recorded
+
+
+def _reference_receiver_run(model, job, recorded, rows) -> torch.Tensor:
+    """Step (b): clean run with only the receivers' activations at p replaced; LD per prompt."""
+    p = job.position
+
+    def patch(name, heads):
+        def hook(activation, hook):
+            activation = activation.clone()
+            if heads:
+                for i, head in enumerate(heads):
+                    activation[rows, p, head] = recorded[name][:, i]
+            else:
+                activation[rows, p] = recorded[name]
+            return activation
+
+        return hook
+
+    hooks = [(name, patch(name, heads)) for name, heads in _receiver_hook_names(job).items()]
+    logits = model.run_with_hooks(job.clean, fwd_hooks=hooks)
+    return logit_difference(logits[rows, job.end], job.answers)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fast: the model's weights, one position per sender where the recipe allows it
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerWeights:
+    """One GPT-2 block's parameters, laid out for batched row-major matmuls."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    W_qkv: torch.Tensor  # [d_model, 3 * n_heads * d_head]: all heads' q, then k, then v
+    b_qkv: torch.Tensor  # [3 * n_heads * d_head]
+    W_O: torch.Tensor  # [n_heads, d_head, d_model]
+    b_O: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    W_in: torch.Tensor  # [d_model, d_mlp]
+    b_in: torch.Tensor
+    W_out: torch.Tensor  # [d_mlp, d_model]
+    b_out: torch.Tensor
+
+
+class GPT2Weights:
+    """The weights the fast path needs, read from a TransformerBridge over a Hugging Face GPT-2.
+
+    Blocks are read on first use, so a job touching a few layers copies only those.
+    """
+
+    def __init__(self, model):
+        _check_supported(model)
+        cfg = model.cfg
+        self.model = model
+        self.n_layers, self.n_heads, self.d_head, self.d_model = cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model
+        self.eps = cfg.eps
+        self.scale = 1.0 / math.sqrt(cfg.d_head)
+        self.lnf_w, self.lnf_b = model.ln_final.w, model.ln_final.b
+        self._layers: dict[int, LayerWeights] = {}
+
+    def layer(self, index: int) -> LayerWeights:
+        if index not in self._layers:
+            block = self.model.blocks[index]
+            attn, mlp = block.attn, block.mlp
+            d, hd = self.d_model, self.n_heads * self.d_head
+
+            def heads_to_columns(w):  # [n_heads, d_model, d_head] -> [d_model, n_heads * d_head]
+                return w.permute(1, 0, 2).reshape(d, hd)
+
+            self._layers[index] = LayerWeights(
+                ln1_w=block.ln1.w,
+                ln1_b=block.ln1.b,
+                W_qkv=torch.cat([heads_to_columns(w) for w in (attn.W_Q, attn.W_K, attn.W_V)], dim=1).contiguous(),
+                b_qkv=torch.cat([b.reshape(hd) for b in (attn.b_Q, attn.b_K, attn.b_V)]),
+                W_O=attn.W_O.contiguous(),
+                b_O=attn.b_O,
+                ln2_w=block.ln2.w,
+                ln2_b=block.ln2.b,
+                W_in=mlp.W_in.contiguous(),
+                b_in=mlp.b_in,
+                W_out=mlp.W_out.contiguous(),
+                b_out=mlp.b_out,
+            )
+        return self._layers[index]
+
+    def qkv_columns(self, layer: int, heads_components: Sequence[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """W and b of the q/k/v projections of some heads, side by side: [d_model, n * d_head], [n * d_head]."""
+        w = self.layer(layer)
+        cols = [self._qkv_slice(head, component) for head, component in heads_components]
+        return torch.cat([w.W_qkv[:, c] for c in cols], dim=1), torch.cat([w.b_qkv[c] for c in cols])
+
+    def _qkv_slice(self, head: int, component: str) -> slice:
+        start = COMPONENTS.index(component) * self.n_heads * self.d_head + head * self.d_head
+        return slice(start, start + self.d_head)
+
+
+def _check_supported(model) -> None:
+    cfg = model.cfg
+    hf_config = getattr(getattr(model, "original_model", None), "config", None)
+    problems = []
+    if getattr(cfg, "normalization_type", "LN") != "LN":
+        problems.append(f"normalization {cfg.normalization_type}")
+    if getattr(cfg, "act_fn", "gelu_new") != "gelu_new":
+        problems.append(f"activation {cfg.act_fn}")
+    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
+        problems.append(f"positional embedding {cfg.positional_embedding_type}")
+    if getattr(cfg, "attn_only", False):
+        problems.append("attention-only blocks")
+    if hf_config is not None:
+        if getattr(hf_config, "model_type", "gpt2") != "gpt2":
+            problems.append(f"model type {hf_config.model_type}")
+        if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
+            problems.append("scale_attn_by_inverse_layer_idx")
+        if not getattr(hf_config, "scale_attn_weights", True):
+            problems.append("unscaled attention")
+    if problems:
+        raise NotImplementedError(
+            f"the fast path patching implements GPT-2 only; this model has {', '.join(problems)}. "
+            "Use path_patch_reference."
+        )
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def mlp_out(weights: GPT2Weights, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
+    """A block's MLP output for residual-stream rows [..., d_model] (GPT-2: pre-LN, gelu_new)."""
+    w = weights.layer(layer)
+    x = layer_norm(resid_mid, w.ln2_w, w.ln2_b, weights.eps)
+    shape = x.shape
+    hidden = torch.addmm(w.b_in, x.reshape(-1, shape[-1]), w.W_in)
+    hidden = F.gelu(hidden, approximate="tanh")
+    return torch.addmm(w.b_out, hidden, w.W_out).reshape(shape)
+
+
+def attention_out(
+    weights: GPT2Weights,
+    layer: int,
+    resid_pre: torch.Tensor,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    overrides: Sequence[tuple[int, str, torch.Tensor]] = (),
+) -> torch.Tensor:
+    """A block's attention output for a window of consecutive positions, given the keys/values before it.
+
+    resid_pre [R, B, W, d]: R variants (senders) of B prompts, W consecutive positions starting at each prompt's
+    window start (R may be 1 when the variants differ only in their overrides). prefix_k/v [B, H, P, d_head]
+    and prefix_mask [B, P] (True for keys before the window start) are shared by all R variants: the clean
+    run's keys and values, which nothing in the window can change.
+    overrides: (head, component, [R, B, d_head]) replace that head's q, k or v at the window's first position.
+    """
+    w = weights.layer(layer)
+    n_inputs, B, W, d = resid_pre.shape
+    R = max([n_inputs] + [value.shape[0] for _, _, value in overrides])
+    H, dh = weights.n_heads, weights.d_head
+    x = layer_norm(resid_pre, w.ln1_w, w.ln1_b, weights.eps)
+    qkv = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(n_inputs, B, W, 3, H, dh)
+    if n_inputs < R:
+        # One residual stream shared by all variants, which differ only in their overrides: project it once.
+        qkv = qkv.expand(R, B, W, 3, H, dh).clone()
+    for head, component, value in overrides:
+        qkv[:, :, 0, COMPONENTS.index(component), head] = value
+    q, k, v = qkv.unbind(dim=3)  # [R, B, W, H, dh]
+    q = q * weights.scale
+    # Scores against the prefix: prompt b's keys are shared by every variant, so fold R and W into the rows.
+    q_by_prompt = q.permute(1, 3, 0, 2, 4).reshape(B, H, R * W, dh)
+    prefix_scores = (q_by_prompt @ prefix_k.transpose(-1, -2)).masked_fill(~prefix_mask[:, None, None, :], -math.inf)
+    prefix_scores = prefix_scores.reshape(B, H, R, W, -1).permute(2, 0, 1, 3, 4)  # [R, B, H, W, P]
+    # Scores within the window, causal.
+    q_h, k_h, v_h = (t.permute(0, 1, 3, 2, 4) for t in (q, k, v))  # [R, B, H, W, dh]
+    window_scores = q_h @ k_h.transpose(-1, -2)
+    if W > 1:
+        future = torch.ones(W, W, dtype=torch.bool, device=resid_pre.device).triu(1)
+        window_scores = window_scores.masked_fill(future, -math.inf)
+    pattern = torch.cat([prefix_scores, window_scores], dim=-1).softmax(dim=-1)
+    P = prefix_k.shape[2]
+    prefix_pattern = pattern[..., :P].permute(1, 2, 0, 3, 4).reshape(B, H, R * W, P)
+    z = (prefix_pattern @ prefix_v).reshape(B, H, R, W, dh).permute(2, 0, 3, 1, 4)  # [R, B, W, H, dh]
+    z = z + (pattern[..., P:] @ v_h).permute(0, 1, 3, 2, 4)
+    return torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(R, B, W, d)
+
+
+def run_window(
+    weights: GPT2Weights,
+    first_layer: int,
+    resid: torch.Tensor,
+    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    prefix_mask: torch.Tensor,
+    overrides: dict[int, list[tuple[int, str, torch.Tensor]]] | None = None,
+) -> torch.Tensor:
+    """Run blocks first_layer.. on a window of positions; return the final residual stream [R, B, W, d].
+
+    `prefix_kv[layer]` holds the clean keys and values of the positions before the window at that layer.
+    """
+    overrides = overrides or {}
+    for layer in range(first_layer, weights.n_layers):
+        prefix_k, prefix_v = prefix_kv[layer]
+        resid = resid + attention_out(weights, layer, resid, prefix_k, prefix_v, prefix_mask, overrides.get(layer, ()))
+        resid = resid + mlp_out(weights, layer, resid)
+    return resid
+
+
+def logit_difference_from_residual(weights: GPT2Weights, final_resid: torch.Tensor, answers: torch.Tensor):
+    """LD per row from the final residual stream [..., B, d] at each prompt's last token; answers [B, 2]."""
+    x = layer_norm(final_resid, weights.lnf_w, weights.lnf_b, weights.eps)
+    W_U, b_U = weights.model.W_U, weights.model.b_U
+    # Only two columns of the unembedding matter per prompt.
+    direction = (W_U[:, answers[:, 0]] - W_U[:, answers[:, 1]]).T  # [B, d]
+    bias = b_U[answers[:, 0]] - b_U[answers[:, 1]]
+    return (x * direction).sum(-1) + bias
+
+
+@dataclass
+class CleanCache:
+    """What the fast path keeps from one batch's clean and corrupted runs (all at the patch position p unless
+    said otherwise)."""
+
+    ld_clean: torch.Tensor  # [B]
+    ld_corrupt: torch.Tensor  # [B]
+    z_delta: dict[int, torch.Tensor]  # sender layer -> z_corrupt - z_clean, [B, H, d_head]
+    resid_pre: dict[int, torch.Tensor]  # receiver layer -> clean residual stream, [B, d]
+    resid_mid: dict[int, torch.Tensor]  # MLP layer -> clean residual stream before the MLP, [B, d]
+    final: torch.Tensor | None = None  # logits: the clean final residual stream, [B, d]
+    window: torch.Tensor | None = None  # q/k/v: clean residual stream at the lowest receiver layer at p.., [1, B, W, d]
+    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # clean k, v before p
+    prefix_mask: torch.Tensor | None = None  # [B, P]: key position < p
+    end_in_window: torch.Tensor | None = None  # [B]: the last real token's index in the window
+
+
+def mlp_layers(job: PatchJob) -> range:
+    """Layers whose MLP at p responds to a sender's change on the way to the receivers (step a)."""
+    if job.freeze_mlps or not job.senders:
+        return range(0)
+    last = job.n_layers if job.to_logits else max(r[0] for r in job.receivers)
+    return range(job.senders[0][0], last)
+
+
+def receiver_layers(job: PatchJob) -> list[int]:
+    return [] if job.to_logits else sorted({r[0] for r in job.receivers})
+
+
+def clean_cache(model, job: PatchJob) -> CleanCache:
+    """One clean and one corrupted run of the bridge, keeping only what steps (a) and (b) need."""
+    rows = torch.arange(job.n_prompts, device=job.clean.device)
+    p = job.position
+    sender_layers = sorted({layer for layer, _ in job.senders})
+
+    def at_p(activation):
+        return activation[rows, p].clone()
+
+    z_at_p = [(_hook_name(layer, "z"), ("z", layer), at_p) for layer in sender_layers]
+    wanted = z_at_p + [(_hook_name(layer, "resid_mid"), ("mid", layer), at_p) for layer in mlp_layers(job)]
+    if job.to_logits:
+        wanted.append((FINAL_RESIDUAL, "final", at_p))
+    else:
+        lowest = job.lowest_receiver_layer
+        wanted += [(_hook_name(layer, "resid_pre"), ("pre", layer), at_p) for layer in receiver_layers(job)]
+        # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie
+        # after every prompt's last token, so causal attention never lets a real token read them.
+        width = int((job.end - p).max()) + 1
+        window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=job.clean.shape[1] - 1)
+        wanted.append((_hook_name(lowest, "resid_pre"), "window", lambda a: a[rows[:, None], window_index][None]))
+        # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
+        prefix_len = int(p.max())
+
+        def before_p(activation):
+            return activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
+
+        wanted += [
+            (_hook_name(layer, component), (component, layer), before_p)
+            for layer in range(lowest, job.n_layers)
+            for component in ("k", "v")
+        ]
+    clean_logits, clean = _run_storing(model, job.clean, wanted)
+    ld_clean = logit_difference(clean_logits[rows, job.end], job.answers)
+    del clean_logits
+    corrupt_logits, corrupt = _run_storing(model, job.corrupted, z_at_p)
+    ld_corrupt = logit_difference(corrupt_logits[rows, job.end], job.answers)
+    del corrupt_logits
+
+    cache = CleanCache(
+        ld_clean=ld_clean,
+        ld_corrupt=ld_corrupt,
+        z_delta={layer: corrupt[("z", layer)] - clean[("z", layer)] for layer in sender_layers},
+        resid_pre={layer: clean[("pre", layer)] for layer in receiver_layers(job)},
+        resid_mid={layer: clean[("mid", layer)] for layer in mlp_layers(job)},
+        final=clean.get("final"),
+    )
+    if not job.to_logits:
+        cache.window = clean["window"]
+        cache.prefix_kv = {layer: (clean[("k", layer)], clean[("v", layer)]) for layer in range(lowest, job.n_layers)}
+        cache.prefix_mask = torch.arange(prefix_len, device=p.device)[None, :] < p[:, None]
+        cache.end_in_window = job.end - p
+    return cache
+
+
+def receivers_after_sender_patch(weights: GPT2Weights, job: PatchJob, cache: CleanCache, senders: Sequence[Sender]):
+    """Step (a) for a group of senders (sorted by layer), all at once; row 0 is the unpatched clean run.
+
+    Returns, for "logits", the final residual stream at p [1 + S, B, d]; otherwise {layer: [(head, component,
+    [1 + S, B, d_head])]}, the receivers' q/k/v at p. Every head at p other than the sender is frozen, so the
+    residual stream at p is the clean one plus `delta`: the sender's own change, then the MLPs' responses.
+    """
+    R, B, d = 1 + len(senders), job.n_prompts, weights.d_model
+    dtype = cache.z_delta[senders[0][0]].dtype
+    delta = torch.zeros(R, B, d, dtype=dtype, device=job.clean.device)
+    layers = [layer for layer, _ in senders]
+    last = job.n_layers if job.to_logits else max(receiver_layers(job))
+    frozen = job.freeze_mlps
+    receivers_at = {} if job.to_logits else _receivers_by_layer(job)
+    recorded = {}
+    for layer in range(senders[0][0], last + 1):
+        if layer in receivers_at:
+            heads_components = receivers_at[layer]
+            w = weights.layer(layer)
+            x = layer_norm(cache.resid_pre[layer] + delta, w.ln1_w, w.ln1_b, weights.eps)
+            W_cols, b_cols = weights.qkv_columns(layer, heads_components)
+            values = torch.addmm(b_cols, x.reshape(R * B, d), W_cols).reshape(R, B, len(heads_components), -1)
+            recorded[layer] = [(h, c, values[:, :, i]) for i, (h, c) in enumerate(heads_components)]
+        if layer == last:
+            break
+        # Senders of this layer are the rows first..stop-1 (sorted by layer); their change enters at p here.
+        first, stop = 1 + bisect_left(layers, layer), 1 + bisect_right(layers, layer)
+        if stop > first:
+            heads = [head for _, head in senders[first - 1 : stop - 1]]
+            z_delta = cache.z_delta[layer][:, heads].transpose(0, 1)  # [S_l, B, d_head]
+            delta[first:stop] += torch.bmm(z_delta, weights.layer(layer).W_O[heads])
+        if not frozen:
+            # The MLP at p sees the sender's change; rows of later senders are still clean and skipped. Row 0's
+            # output is subtracted rather than the cached one, so a row that changed nothing stays exactly 0.
+            out = mlp_out(weights, layer, cache.resid_mid[layer] + delta[:stop])
+            delta[:stop] += out - out[:1]
+    if job.to_logits:
+        return cache.final + delta
+    return recorded
+
+
+def _receivers_by_layer(job: PatchJob) -> dict[int, list[tuple[int, str]]]:
+    by_layer: dict[int, list[tuple[int, str]]] = {}
+    for layer, head, component in job.receivers:
+        by_layer.setdefault(layer, []).append((head, component))
+    return by_layer
+
+
+def patched_logit_difference(weights: GPT2Weights, job: PatchJob, cache: CleanCache, recorded) -> torch.Tensor:
+    """Step (b): LD [1 + S, B] with only the receivers' activations at p replaced by the recorded ones."""
+    if job.to_logits:
+        return logit_difference_from_residual(weights, recorded, job.answers)
+    # Nothing below the lowest receiver layer changes, nor anything before p: run positions p..END from there.
+    final = run_window(weights, job.lowest_receiver_layer, cache.window, cache.prefix_kv, cache.prefix_mask, recorded)
+    rows = torch.arange(job.n_prompts, device=final.device)
+    return logit_difference_from_residual(weights, final[:, rows, cache.end_in_window], job.answers)
+
+
+def path_patch(
+    model,
+    clean_tokens,
+    corrupted_tokens,
+    answer_tokens,
+    receivers,
+    position,
+    freeze_mlps: bool = False,
+    *,
+    senders: Sequence[Sender] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    sender_chunk: int | None = None,
+    end_positions=None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Path-patching scores of every sender head for the given receivers; float64 [n_layers, n_heads] on the CPU.
+
+    clean_tokens, corrupted_tokens: LongTensor [batch, seq], right-padded where lengths differ.
+    answer_tokens: LongTensor [batch, 2], (correct, wrong).
+    receivers: "logits" (the final residual stream) or a list of (layer, head, component), component q, k or v.
+    position: int, LongTensor [batch] or None (each prompt's last real token): where the path is patched.
+    freeze_mlps: also hold every MLP output at the patch position at its clean value in step (a).
+    senders: compute only these (layer, head); default every head below the lowest receiver layer.
+    batch_size: prompts per clean/corrupted run. sender_chunk: senders per pass (default: as many as fit in
+    DEFAULT_ROW_BUDGET rows); both bound memory and neither changes the result beyond rounding.
+    end_positions: each prompt's last real token, where the logit difference is read; default: the token before
+    the right-padding (the tokenizer's pad token).
+    Heads that are not senders (layer >= the lowest receiver layer) score NaN.
+    """
+    _check_batch_size(batch_size)
+    if sender_chunk is not None and (not isinstance(sender_chunk, int) or sender_chunk < 1):
+        raise ValueError(f"sender_chunk must be a positive int or None; got {sender_chunk!r}")
+    job = prepare_job(
+        model, clean_tokens, corrupted_tokens, answer_tokens, receivers, position, freeze_mlps, senders, end_positions
+    )
+    weights = GPT2Weights(model)
+    sums = ScoreSums(job.n_layers, job.n_heads)
+    with torch.no_grad(), _progress(job, batch_size, progress, "path patching") as bar:
+        for batch in job.batches(batch_size):
+            cache = clean_cache(model, batch)
+            sums.add_baselines(cache.ld_clean, cache.ld_corrupt)
+            chunk = sender_chunk or _default_chunk(batch)
+            for start in range(0, len(batch.senders), chunk):
+                group = batch.senders[start : start + chunk]
+                recorded = receivers_after_sender_patch(weights, batch, cache, group)
+                ld = patched_logit_difference(weights, batch, cache, recorded)
+                sums.add_senders(group, ld[1:] - ld[:1])
+                bar.update(len(group))
+    return scores_from_sums(sums, job.senders)
+
+
+def _default_chunk(job: PatchJob) -> int:
+    """Senders per pass so that (senders + 1) x prompts x recomputed positions stays within the row budget."""
+    width = 1 if job.to_logits else int((job.end - job.position).max()) + 1
+    return max(1, DEFAULT_ROW_BUDGET // (job.n_prompts * width) - 1)
