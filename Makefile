@@ -3,6 +3,7 @@
 #   make test   the whole test suite
 # and one for the cluster set-up:
 #   make test-slurm   the smoke config on a real one-node SLURM on localhost (root, Debian 12)
+#   make scale        the scaled-up config in five dataset-seed replicates
 # TORCH picks the PyTorch build: plain `torch` on a GPU machine; CI passes torch==2.13.0 (a CPU build).
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ CORES ?= all
 CONFIG ?= config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slurm smoke lint
+.PHONY: run test test-slurm smoke scale lint
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -29,6 +30,12 @@ test-slurm: $(VENV)/.installed
 smoke: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --snakefile $(CURDIR)/workflow/Snakefile \
 		--configfile $(CURDIR)/workflow/configs/smoke.yaml --directory smoke
+
+# The paper scaled up (GPT-2 small to XL, 3000 prompts) in five dataset-seed replicates under runs/scale/,
+# and runs/scale/seed_variation.csv. On a cluster: make scale SNAKEMAKE_ARGS="--profile workflow/profiles/slurm"
+SNAKEMAKE_ARGS ?= --cores $(CORES)
+scale: $(VENV)/.installed
+	$(BIN)/python scripts/run_replicates.py --configfile workflow/configs/scale.yaml --out runs/scale -- $(SNAKEMAKE_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check circuit_reuse scripts tests
