@@ -1,0 +1,41 @@
+"""Running the analysis notebooks: papermill executes a notebook with parameters and keeps the executed copy.
+
+The notebooks under `notebooks/` are the analyses; the workflow runs each one with the paths of its input
+tables and output files as parameters, in the workflow's working directory, so relative paths resolve the
+same way they do for every other rule.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import papermill
+
+
+def run_notebook(
+    notebook: str | os.PathLike,
+    executed: str | os.PathLike,
+    parameters: Mapping[str, Any],
+    cwd: str | os.PathLike = ".",
+) -> Path:
+    """Execute `notebook` with `parameters` (injected after its `parameters` cell) and save it as `executed`.
+
+    Raises papermill's PapermillExecutionError, naming the failing cell, when a cell fails; the executed copy
+    is still written, so the traceback can be read in context.
+    """
+    executed = Path(executed)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["MPLBACKEND"] = "Agg"  # the kernel inherits it: no display is ever needed
+    papermill.execute_notebook(
+        str(notebook),
+        str(executed),
+        parameters=dict(parameters),
+        cwd=str(cwd),
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=False,
+    )
+    return executed

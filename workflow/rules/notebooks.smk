@@ -1,0 +1,234 @@
+# Stage: the analysis notebooks. Papermill runs each notebook under notebooks/ with its input tables and
+# output files as parameters; it writes the figures (PDF and PNG, byte-stable) to figures/, the tables (CSV
+# and LaTeX) to results/tables/ and keeps the executed notebook under results/notebooks/. A notebook is an
+# input of its rule, so editing one reruns only what it draws.
+
+import os
+
+
+def notebook_source(name):
+    return os.path.normpath(f"{workflow.basedir}/../notebooks/{name}.ipynb")
+
+
+def executed_notebook(name, suffix=""):
+    return f"{NOTEBOOKS_OUT_DIR}/{name}{suffix}.ipynb"
+
+
+def figure_outputs(stem, caption, category, subcategory=None):
+    """The PDF and PNG of one figure; the PNG goes into the HTML report with its caption."""
+    labels = {"figure": os.path.basename(stem)}
+    return {
+        "pdf": f"{FIGURES_DIR}/{stem}.pdf",
+        "png": report(
+            f"{FIGURES_DIR}/{stem}.png",
+            caption=f"../report/{caption}.rst",
+            category=category,
+            subcategory=subcategory,
+            labels=labels,
+        ),
+    }
+
+
+def table_outputs(stem):
+    return {"csv": f"{TABLES_DIR}/{stem}.csv", "tex": f"{TABLES_DIR}/{stem}.tex"}
+
+
+def stems(output):
+    """The figure and table stems a notebook writes to, from its rule's outputs."""
+    result = {}
+    if hasattr(output, "png"):
+        result["figure"] = output.png[: -len(".png")]
+    if hasattr(output, "csv"):
+        result["table"] = output.csv[: -len(".csv")]
+    return result
+
+
+rule notebook_baselines:
+    input:
+        notebook=notebook_source("01_baselines"),
+        baselines=baseline_table_path(),
+    output:
+        notebook=executed_notebook("01_baselines"),
+        **figure_outputs("baselines", "baselines", "1. Baselines"),
+        **table_outputs("baselines"),
+    params:
+        parameters=lambda wildcards, input, output: {"baselines": input.baselines, **stems(output)},
+    threads: job_threads("light")
+    resources:
+        **job_resources("light"),
+    log:
+        "logs/notebooks/01_baselines.log",
+    script:
+        "../../scripts/run_notebook.py"
+
+
+rule notebook_head_grids:
+    input:
+        notebook=notebook_source("02_head_grids"),
+        scores=stage_grids,
+        circuit=lambda wildcards: circuit_path(wildcards.model, wildcards.task),
+    output:
+        notebook=executed_notebook("02_head_grids", ".{model}.{task}"),
+        **figure_outputs("head_grids/{model}.{task}", "head_grids", "2. Path-patching head grids", "{model}"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "model": wildcards.model,
+            "task": wildcards.task,
+            "scores": list(input.scores),
+            "circuit": input.circuit,
+            **stems(output),
+        },
+    threads: job_threads("light")
+    resources:
+        **job_resources("light"),
+    log:
+        "logs/notebooks/02_head_grids/{model}.{task}.log",
+    script:
+        "../../scripts/run_notebook.py"
+
+
+ALL_TARGETS.extend(f"{FIGURES_DIR}/head_grids/{m}.{t}.png" for m in MODELS for t in TASKS)
+ALL_TARGETS.extend([f"{FIGURES_DIR}/baselines.png", f"{TABLES_DIR}/baselines.csv"])
+
+
+if OVERLAP_TASKS:
+
+    rule notebook_overlap:
+        input:
+            unpack(overlap_inputs),
+            notebook=notebook_source("03_overlap"),
+            heads=f"{overlap_dir('{model}')}/heads.parquet",
+            summary=f"{overlap_dir('{model}')}/summary.parquet",
+        output:
+            notebook=executed_notebook("03_overlap", ".{model}"),
+            **figure_outputs("overlap/{model}", "overlap", "3. Overlap of the two circuits", "{model}"),
+            **table_outputs("overlap/{model}"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "model": wildcards.model,
+                "tasks": list(OVERLAP_TASKS),
+                "scores_a": list(input.grids_a),
+                "scores_b": list(input.grids_b),
+                "circuits": list(input.circuits),
+                "heads": input.heads,
+                "summary": input.summary,
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        log:
+            "logs/notebooks/03_overlap/{model}.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    rule notebook_threshold_sensitivity:
+        input:
+            notebook=notebook_source("04_threshold_sensitivity"),
+            sensitivity=[f"{overlap_dir(m)}/sensitivity.parquet" for m in MODELS],
+            summary=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS],
+        output:
+            notebook=executed_notebook("04_threshold_sensitivity"),
+            **figure_outputs("threshold_sensitivity", "threshold_sensitivity", "4. Threshold sensitivity"),
+            **table_outputs("threshold_sensitivity"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "sensitivity": list(input.sensitivity),
+                "summary": list(input.summary),
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        log:
+            "logs/notebooks/04_threshold_sensitivity.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    ALL_TARGETS.extend(f"{FIGURES_DIR}/overlap/{m}.png" for m in MODELS)
+    ALL_TARGETS.append(f"{FIGURES_DIR}/threshold_sensitivity.png")
+
+
+if INTERVENTION_RUNS:
+
+    rule notebook_intervention:
+        input:
+            notebook=notebook_source("05_intervention"),
+            accuracy=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS],
+            controls=[f"{intervention_dir(m)}/controls.parquet" for m in MODELS],
+            controls_summary=[f"{intervention_dir(m)}/controls_summary.parquet" for m in MODELS],
+        output:
+            notebook=executed_notebook("05_intervention"),
+            **figure_outputs("intervention_accuracy", "intervention", "5. Intervention"),
+            **table_outputs("intervention_accuracy"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "accuracy": list(input.accuracy),
+                "controls": list(input.controls),
+                "controls_summary": list(input.controls_summary),
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        log:
+            "logs/notebooks/05_intervention.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    rule notebook_movers:
+        input:
+            notebook=notebook_source("06_movers"),
+            movers=f"{intervention_dir('{model}')}/movers.parquet",
+            spearman=f"{intervention_dir('{model}')}/movers_spearman.parquet",
+        output:
+            notebook=executed_notebook("06_movers", ".{model}"),
+            **figure_outputs("movers/{model}", "movers", "6. Mover heads under the intervention", "{model}"),
+            **table_outputs("movers/{model}"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "model": wildcards.model,
+                "movers": input.movers,
+                "spearman": input.spearman,
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        log:
+            "logs/notebooks/06_movers/{model}.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    ALL_TARGETS.append(f"{FIGURES_DIR}/intervention_accuracy.png")
+    ALL_TARGETS.extend(f"{FIGURES_DIR}/movers/{m}.png" for m in MODELS)
+
+
+rule notebook_paper_comparison:
+    input:
+        notebook=notebook_source("07_paper_comparison"),
+        baselines=baseline_table_path(),
+        overlap=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS] if OVERLAP_TASKS else [],
+        intervention=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
+    output:
+        notebook=executed_notebook("07_paper_comparison"),
+        **figure_outputs("paper_comparison", "paper_comparison", "7. This run beside the paper"),
+        **table_outputs("paper_comparison"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "baselines": input.baselines,
+            "overlap": list(input.overlap),
+            "intervention": list(input.intervention),
+            "models": {name: dict(spec) for name, spec in config["models"].items()},
+            **stems(output),
+        },
+    threads: job_threads("light")
+    resources:
+        **job_resources("light"),
+    log:
+        "logs/notebooks/07_paper_comparison.log",
+    script:
+        "../../scripts/run_notebook.py"
+
+
+ALL_TARGETS.append(f"{FIGURES_DIR}/paper_comparison.png")
