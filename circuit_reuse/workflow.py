@@ -8,7 +8,10 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Job classes of the config's `resources` section; every rule names one (see workflow/rules/common.smk).
 JOB_CLASSES = ("light", "model", "cache")
@@ -114,3 +117,29 @@ def model_job(job) -> Iterator[None]:
     torch.set_num_threads(max(1, int(job.threads)))
     with job_logging(job.log[0]):
         yield
+
+
+def job_times(run_dir: str | Path) -> pd.DataFrame:
+    """Wall time and peak memory of every job of a run, from the `benchmarks/` files its rules write.
+
+    One row per job: rule, job (the benchmark file's path under the rule, i.e. its wildcards), seconds and
+    max_rss_mb, slowest first.
+    """
+    import pandas as pd
+
+    root = Path(run_dir) / "benchmarks"
+    rows = []
+    for path in sorted(root.rglob("*.tsv")):
+        relative = path.relative_to(root).with_suffix("")
+        record = pd.read_csv(path, sep="\t").iloc[-1]
+        rows.append(
+            {
+                "rule": relative.parts[0],
+                "job": "/".join(relative.parts[1:]) or "-",
+                "seconds": float(record["s"]),
+                "max_rss_mb": pd.to_numeric(record.get("max_rss"), errors="coerce"),
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"no benchmark files under {root}: has the workflow run there?")
+    return pd.DataFrame(rows).sort_values("seconds", ascending=False, ignore_index=True)

@@ -1,4 +1,5 @@
-"""The datasets and baseline rules in the DAG, the smoke run end to end offline, and tokenizer caching."""
+"""The datasets and baseline rules in the DAG, and tokenizer caching (the smoke run end to end is in
+test_workflow_end_to_end.py)."""
 
 import os
 import subprocess
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from circuit_reuse.datasets import DatasetError, load_dataset
+from circuit_reuse.datasets import DatasetError
 from circuit_reuse.datasets.vocab import as_tokenizer, cache_tokenizer, tokenizer_fingerprint
-from circuit_reuse.io import read_json, read_parquet, read_parquet_provenance
+from circuit_reuse.io import read_json
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
@@ -33,37 +34,6 @@ def test_dry_run_lists_datasets_and_baselines_for_every_model_and_task(tmp_path)
             assert f"results/baselines/{model}/{task}.prompts.parquet" in output
             assert f"results/baselines/{model}/{task}.summary.parquet" in output
     assert "results/tables/baselines.parquet" in output
-
-
-def test_smoke_config_builds_datasets_and_baselines_offline(tmp_path, tokenizer_dir):
-    result = snakemake(
-        "--cores",
-        "2",
-        "--configfile",
-        str(REPO / "workflow" / "configs" / "smoke.yaml"),
-        "--directory",
-        str(tmp_path),
-        env={"CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = tmp_path / "results"
-    fingerprint = read_json(results / "tokenizer/manifest.json")["tokenizer"]["fingerprint"]
-    for task, seed in (("ioi", 0), ("colored_objects", 42)):
-        dataset = load_dataset(results / f"datasets/{task}.jsonl")
-        assert len(dataset) == 24 and dataset.meta["seed"] == seed and dataset.meta["config"]["n_prompts"] == 24
-        assert dataset.meta["tokenizer"]["fingerprint"] == fingerprint
-        assert f"{task}: 24 prompts, seed {seed}" in (tmp_path / f"logs/make_dataset/{task}.log").read_text()
-        for model in ("tiny-a", "tiny-b"):
-            prompts = read_parquet(results / f"baselines/{model}/{task}.prompts.parquet")
-            assert len(prompts) == 48 and set(prompts["condition"]) == {"clean", "corrupted"}
-            provenance = read_parquet_provenance(results / f"baselines/{model}/{task}.summary.parquet")
-            assert provenance["config"]["dataset"]["seed"] == seed and provenance["versions"]["torch"]
-            log = (tmp_path / f"logs/evaluate_baseline/{model}/{task}.log").read_text()
-            assert "batch" in log and "logit_diff_mean" in log
-    table = read_parquet(results / "tables/baselines.parquet")
-    assert len(table) == 8 and set(table["model"]) == {"tiny-a", "tiny-b"}
-    assert (table["n"] == 24).all() and table["accuracy"].between(0, 1).all()
-    assert (table["logit_diff_ci_low"] <= table["logit_diff_mean"]).all()
 
 
 def test_cache_tokenizer_copies_the_files_with_a_fingerprint(tmp_path, tokenizer_dir):

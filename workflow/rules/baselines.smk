@@ -17,6 +17,8 @@ rule evaluate_baseline:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/evaluate_baseline/{model}/{task}.tsv",
     log:
         "logs/evaluate_baseline/{model}/{task}.log",
     script:
@@ -32,6 +34,8 @@ rule baseline_table:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/baseline_table.tsv",
     log:
         "logs/baseline_table.log",
     script:

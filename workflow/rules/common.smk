@@ -2,6 +2,7 @@
 # and the input functions. All paths are relative to the working directory, so a run with --directory
 # elsewhere (the smoke run, the tests) stays self-contained.
 
+import os
 from dataclasses import asdict
 
 from circuit_reuse.discovery import StageError, parse_stages
@@ -136,3 +137,42 @@ def job_threads(job_class):
 
 def job_resources(job_class):
     return circuit_reuse.workflow.job_resources(config, job_class)
+
+
+# The analysis notebooks: where each one lives, where its executed copy and its outputs go.
+
+def notebook_source(name):
+    return os.path.normpath(f"{workflow.basedir}/../notebooks/{name}.ipynb")
+
+
+def executed_notebook(name, suffix=""):
+    return f"{NOTEBOOKS_OUT_DIR}/{name}{suffix}.ipynb"
+
+
+def figure_outputs(stem, caption, category, subcategory=None):
+    """The PDF and PNG of one figure; the PNG goes into the HTML report with its caption."""
+    labels = {"figure": os.path.basename(stem)}
+    return {
+        "pdf": f"{FIGURES_DIR}/{stem}.pdf",
+        "png": report(
+            f"{FIGURES_DIR}/{stem}.png",
+            caption=f"../report/{caption}.rst",
+            category=category,
+            subcategory=subcategory,
+            labels=labels,
+        ),
+    }
+
+
+def table_outputs(stem):
+    return {"csv": f"{TABLES_DIR}/{stem}.csv", "tex": f"{TABLES_DIR}/{stem}.tex"}
+
+
+def stems(output):
+    """The figure and table stems a notebook writes to, from its rule's outputs."""
+    result = {}
+    if hasattr(output, "png"):
+        result["figure"] = output.png[: -len(".png")]
+    if hasattr(output, "csv"):
+        result["table"] = output.csv[: -len(".csv")]
+    return result

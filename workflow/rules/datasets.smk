@@ -12,6 +12,8 @@ rule cache_tokenizer:
     threads: job_threads("cache")
     resources:
         **job_resources("cache"),
+    benchmark:
+        "benchmarks/cache_tokenizer.tsv",
     log:
         "logs/cache_tokenizer.log",
     script:
@@ -29,6 +31,8 @@ rule make_dataset:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/make_dataset/{task}.tsv",
     log:
         "logs/make_dataset/{task}.log",
     script:

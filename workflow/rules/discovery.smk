@@ -19,6 +19,8 @@ rule patch_stage:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/patch_stage/{model}/{task}/{stage}.tsv",
     log:
         "logs/patch_stage/{model}/{task}/{stage}.log",
     script:
@@ -36,6 +38,8 @@ rule head_detectors:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/head_detectors/{model}.tsv",
     log:
         "logs/head_detectors/{model}.log",
     script:
@@ -58,6 +62,8 @@ rule assemble_circuit:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/assemble_circuit/{model}/{task}.tsv",
     log:
         "logs/assemble_circuit/{model}/{task}.log",
     script:

@@ -47,6 +47,8 @@ rule intervention:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/intervention/{model}.tsv",
     log:
         "logs/intervention/{model}.log",
     script:

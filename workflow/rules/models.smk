@@ -13,6 +13,8 @@ rule cache_model:
     threads: job_threads("cache")
     resources:
         **job_resources("cache"),
+    benchmark:
+        "benchmarks/cache_model/{model}.tsv",
     log:
         "logs/cache_model/{model}.log",
     script:
@@ -31,6 +33,8 @@ rule check_model:
     threads: job_threads("model")
     resources:
         **job_resources("model"),
+    benchmark:
+        "benchmarks/check_model/{model}.tsv",
     log:
         "logs/check_model/{model}.log",
     script:

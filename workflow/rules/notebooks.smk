@@ -3,45 +3,6 @@
 # and LaTeX) to results/tables/ and keeps the executed notebook under results/notebooks/. A notebook is an
 # input of its rule, so editing one reruns only what it draws.
 
-import os
-
-
-def notebook_source(name):
-    return os.path.normpath(f"{workflow.basedir}/../notebooks/{name}.ipynb")
-
-
-def executed_notebook(name, suffix=""):
-    return f"{NOTEBOOKS_OUT_DIR}/{name}{suffix}.ipynb"
-
-
-def figure_outputs(stem, caption, category, subcategory=None):
-    """The PDF and PNG of one figure; the PNG goes into the HTML report with its caption."""
-    labels = {"figure": os.path.basename(stem)}
-    return {
-        "pdf": f"{FIGURES_DIR}/{stem}.pdf",
-        "png": report(
-            f"{FIGURES_DIR}/{stem}.png",
-            caption=f"../report/{caption}.rst",
-            category=category,
-            subcategory=subcategory,
-            labels=labels,
-        ),
-    }
-
-
-def table_outputs(stem):
-    return {"csv": f"{TABLES_DIR}/{stem}.csv", "tex": f"{TABLES_DIR}/{stem}.tex"}
-
-
-def stems(output):
-    """The figure and table stems a notebook writes to, from its rule's outputs."""
-    result = {}
-    if hasattr(output, "png"):
-        result["figure"] = output.png[: -len(".png")]
-    if hasattr(output, "csv"):
-        result["table"] = output.csv[: -len(".csv")]
-    return result
-
 
 rule notebook_baselines:
     input:
@@ -56,6 +17,8 @@ rule notebook_baselines:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/notebooks/01_baselines.tsv",
     log:
         "logs/notebooks/01_baselines.log",
     script:
@@ -81,6 +44,8 @@ rule notebook_head_grids:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/notebooks/02_head_grids/{model}.{task}.tsv",
     log:
         "logs/notebooks/02_head_grids/{model}.{task}.log",
     script:
@@ -117,6 +82,8 @@ if OVERLAP_TASKS:
         threads: job_threads("light")
         resources:
             **job_resources("light"),
+        benchmark:
+            "benchmarks/notebooks/03_overlap/{model}.tsv",
         log:
             "logs/notebooks/03_overlap/{model}.log",
         script:
@@ -140,6 +107,8 @@ if OVERLAP_TASKS:
         threads: job_threads("light")
         resources:
             **job_resources("light"),
+        benchmark:
+            "benchmarks/notebooks/04_threshold_sensitivity.tsv",
         log:
             "logs/notebooks/04_threshold_sensitivity.log",
         script:
@@ -171,6 +140,8 @@ if INTERVENTION_RUNS:
         threads: job_threads("light")
         resources:
             **job_resources("light"),
+        benchmark:
+            "benchmarks/notebooks/05_intervention.tsv",
         log:
             "logs/notebooks/05_intervention.log",
         script:
@@ -195,6 +166,8 @@ if INTERVENTION_RUNS:
         threads: job_threads("light")
         resources:
             **job_resources("light"),
+        benchmark:
+            "benchmarks/notebooks/06_movers/{model}.tsv",
         log:
             "logs/notebooks/06_movers/{model}.log",
         script:
@@ -225,6 +198,8 @@ rule notebook_paper_comparison:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/notebooks/07_paper_comparison.tsv",
     log:
         "logs/notebooks/07_paper_comparison.log",
     script:

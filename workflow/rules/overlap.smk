@@ -14,6 +14,8 @@ rule overlap:
     threads: job_threads("light")
     resources:
         **job_resources("light"),
+    benchmark:
+        "benchmarks/overlap/{model}.tsv",
     log:
         "logs/overlap/{model}.log",
     script:

@@ -1,0 +1,30 @@
+"""Print how long each job of a finished run took and how much memory it used (from its benchmarks/).
+
+python scripts/job_times.py smoke            # a run directory (default: the current one)
+python scripts/job_times.py smoke --by-rule  # totals per rule
+"""
+
+import argparse
+
+from circuit_reuse.workflow import job_times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", nargs="?", default=".", help="the workflow's working directory")
+    parser.add_argument("--by-rule", action="store_true", help="sum the jobs of each rule")
+    args = parser.parse_args()
+    times = job_times(args.run_dir)
+    if args.by_rule:
+        times = (
+            times.groupby("rule")
+            .agg(jobs=("job", "count"), seconds=("seconds", "sum"), max_rss_mb=("max_rss_mb", "max"))
+            .sort_values("seconds", ascending=False)
+            .reset_index()
+        )
+    print(times.to_string(index=False, float_format=lambda value: f"{value:.1f}"))
+    print(f"\ntotal job time {times['seconds'].sum():.1f} s over {len(times)} rows")
+
+
+if __name__ == "__main__":
+    main()
