@@ -18,9 +18,9 @@ rule notebook_baselines:
     resources:
         **job_resources("light"),
     benchmark:
-        "benchmarks/notebooks/01_baselines.tsv",
+        "benchmarks/notebook_baselines.tsv",
     log:
-        "logs/notebooks/01_baselines.log",
+        "logs/notebook_baselines.log",
     script:
         "../../scripts/run_notebook.py"
 
@@ -45,9 +45,9 @@ rule notebook_head_grids:
     resources:
         **job_resources("light"),
     benchmark:
-        "benchmarks/notebooks/02_head_grids/{model}.{task}.tsv",
+        "benchmarks/notebook_head_grids/{model}.{task}.tsv",
     log:
-        "logs/notebooks/02_head_grids/{model}.{task}.log",
+        "logs/notebook_head_grids/{model}.{task}.log",
     script:
         "../../scripts/run_notebook.py"
 
@@ -83,9 +83,9 @@ if OVERLAP_TASKS:
         resources:
             **job_resources("light"),
         benchmark:
-            "benchmarks/notebooks/03_overlap/{model}.tsv",
+            "benchmarks/notebook_overlap/{model}.tsv",
         log:
-            "logs/notebooks/03_overlap/{model}.log",
+            "logs/notebook_overlap/{model}.log",
         script:
             "../../scripts/run_notebook.py"
 
@@ -108,9 +108,9 @@ if OVERLAP_TASKS:
         resources:
             **job_resources("light"),
         benchmark:
-            "benchmarks/notebooks/04_threshold_sensitivity.tsv",
+            "benchmarks/notebook_threshold_sensitivity.tsv",
         log:
-            "logs/notebooks/04_threshold_sensitivity.log",
+            "logs/notebook_threshold_sensitivity.log",
         script:
             "../../scripts/run_notebook.py"
 
@@ -141,9 +141,9 @@ if INTERVENTION_RUNS:
         resources:
             **job_resources("light"),
         benchmark:
-            "benchmarks/notebooks/05_intervention.tsv",
+            "benchmarks/notebook_intervention.tsv",
         log:
-            "logs/notebooks/05_intervention.log",
+            "logs/notebook_intervention.log",
         script:
             "../../scripts/run_notebook.py"
 
@@ -167,9 +167,9 @@ if INTERVENTION_RUNS:
         resources:
             **job_resources("light"),
         benchmark:
-            "benchmarks/notebooks/06_movers/{model}.tsv",
+            "benchmarks/notebook_movers/{model}.tsv",
         log:
-            "logs/notebooks/06_movers/{model}.log",
+            "logs/notebook_movers/{model}.log",
         script:
             "../../scripts/run_notebook.py"
 
@@ -199,9 +199,9 @@ rule notebook_paper_comparison:
     resources:
         **job_resources("light"),
     benchmark:
-        "benchmarks/notebooks/07_paper_comparison.tsv",
+        "benchmarks/notebook_paper_comparison.tsv",
     log:
-        "logs/notebooks/07_paper_comparison.log",
+        "logs/notebook_paper_comparison.log",
     script:
         "../../scripts/run_notebook.py"
 
