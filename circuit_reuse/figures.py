@@ -56,10 +56,15 @@ def _stem(stem: str | os.PathLike) -> Path:
     return path
 
 
+def _with_extension(stem: Path, extension: str) -> Path:
+    """`stem` plus `extension`, keeping any dot in the stem ("head_grids/gpt2.ioi" -> "head_grids/gpt2.ioi.png")."""
+    return stem.with_name(stem.name + extension)
+
+
 def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
     """Write `fig` to `{stem}.pdf` and `{stem}.png` without timestamps, close it, return the two paths."""
     path = _stem(stem)
-    pdf, png = path.with_suffix(".pdf"), path.with_suffix(".png")
+    pdf, png = _with_extension(path, ".pdf"), _with_extension(path, ".png")
     fig.savefig(pdf, metadata=_PDF_METADATA)
     fig.savefig(png, metadata=_PNG_METADATA)
     plt.close(fig)
@@ -69,7 +74,7 @@ def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
 def write_table(table: pd.DataFrame, stem: str | os.PathLike, caption: str, float_digits: int = 3) -> list[Path]:
     """Write `table` to `{stem}.csv` (full precision) and `{stem}.tex` (rounded, with `caption`)."""
     path = _stem(stem)
-    csv, tex = path.with_suffix(".csv"), path.with_suffix(".tex")
+    csv, tex = _with_extension(path, ".csv"), _with_extension(path, ".tex")
     table.to_csv(csv, index=False)
     latex = table.to_latex(index=False, float_format=f"%.{float_digits}f", caption=caption, na_rep="--")
     tex.write_text(latex)
