@@ -171,3 +171,36 @@ def chance_overlap(
         "repeats": repeats,
         "seed": seed,
     }
+
+
+def normalised_importance(grids: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each head's importance to a task on a 0-to-1 scale: the largest, over stages, of |score| / max |score|.
+
+    Every stage's grid is divided by its own largest |score| (stages differ by orders of magnitude, since
+    later stages measure a path through earlier heads), so the stage's top head gets 1; a head's importance
+    is its best stage. NaN cells (heads that cannot reach a stage's receivers) and stages whose scores are
+    all NaN or all zero contribute nothing; a head that no stage can score gets 0.
+    """
+    grids = [np.asarray(grid, dtype=float) for grid in grids.values()]
+    if not grids:
+        raise ValueError("no stage grids")
+    importance = np.zeros_like(grids[0])
+    for grid in grids:
+        if grid.shape != importance.shape:
+            raise ValueError(f"stage grids differ in shape: {grid.shape} and {importance.shape}")
+        magnitude = np.abs(grid)
+        if np.all(np.isnan(magnitude)):
+            continue
+        largest = np.nanmax(magnitude)
+        if largest == 0:
+            continue
+        importance = np.fmax(importance, magnitude / largest)
+    return importance
+
+
+def importance_difference(grids_a: Mapping[str, np.ndarray], grids_b: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Normalised importance in task a minus that in task b, per head, in [-1, 1] (see normalised_importance).
+
+    Positive: the head matters more to task a; negative: more to task b; near 0: equally (or not at all).
+    """
+    return normalised_importance(grids_a) - normalised_importance(grids_b)

@@ -111,3 +111,24 @@ def test_chance_baseline_is_reproducible_for_a_seed():
     args = ([(3, 4)], [(3, 4)], 4, 4, 0.3)
     assert chance_overlap(*args, repeats=500, seed=1) == chance_overlap(*args, repeats=500, seed=1)
     assert chance_overlap(*args, repeats=500, seed=1) != chance_overlap(*args, repeats=500, seed=2)
+
+
+def test_importance_difference_on_a_hand_made_pair():
+    from circuit_reuse.overlap import importance_difference, normalised_importance
+
+    nan = float("nan")
+    # Task a: stage 1 peaks at |-4| on head (1, 1); stage 2 (small scale, only layer 0 can reach) peaks at 0.02.
+    grids_a = {
+        "movers": np.array([[1.0, 0.0], [2.0, -4.0]]),
+        "inhibition": np.array([[0.01, -0.02], [nan, nan]]),
+        "empty": np.full((2, 2), nan),
+    }
+    # Task b: one stage, all zero but one head.
+    grids_b = {"movers": np.array([[0.0, 0.0], [0.5, 0.0]])}
+    np.testing.assert_allclose(normalised_importance(grids_a), [[0.5, 1.0], [0.5, 1.0]])
+    np.testing.assert_allclose(normalised_importance(grids_b), [[0.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(importance_difference(grids_a, grids_b), [[0.5, 1.0], [-0.5, 1.0]])
+    # A task whose every stage is NaN or zero gives zero importance everywhere, not NaN.
+    np.testing.assert_array_equal(normalised_importance({"s": np.zeros((2, 2)), "t": np.full((2, 2), nan)}), 0)
+    with pytest.raises(ValueError):
+        normalised_importance({"s": np.zeros((2, 2)), "t": np.zeros((3, 2))})
