@@ -54,6 +54,8 @@ _ROWS = [
      "Sec. 5: the full intervention makes no new mistakes"),
     ("gpt2-medium", "intervention", "content_gatherers_blocked.accuracy", 35.0, "%",
      "Sec. 5: content gatherers 11.6, 11.7, 12.15 blocked from the question (random heads: 49.9 +/- 1.0)"),
+    ("gpt2-medium", "intervention", "content_gatherers_blocked.random_accuracy", 49.9, "%",
+     "Sec. 5: random heads blocked instead of the content gatherers (+/- 1.0)"),
     ("gpt2-medium", "movers", "both.spearman_rho", 0.69, "rho",
      "Sec. 5: mover heads' change against path-patching importance, Spearman, p < 0.01"),
 ]  # fmt: skip
