@@ -85,7 +85,8 @@ def compare_to_paper(headline: pd.DataFrame, models: Mapping[str, Mapping[str, A
     `headline` is a run's headline numbers (columns model, family, metric, value, as `headline_rows` builds
     them); `models` maps each run model to its config spec. A model matched to a paper model gets that
     model's metrics, with `run` in the paper's unit (NaN where the run did not measure it), `paper` and
-    `gap` = run - paper. An unmatched model gets every metric the paper reports, with no paper value.
+    `gap` = run - paper. An unmatched model gets every metric the paper reports, with no paper value. Rows
+    are ordered by model, then family, then as in `PAPER_NUMBERS`.
     """
     values = {(r["model"], r["metric"]): float(r["value"]) for r in headline.to_dict("records")}
     rows = []
@@ -106,7 +107,7 @@ def compare_to_paper(headline: pd.DataFrame, models: Mapping[str, Mapping[str, A
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     order = {family: i for i, family in enumerate(FAMILIES)}
     table["_family"] = table["family"].map(order)
-    table = table.sort_values(["model", "_family", "metric"], kind="stable").drop(columns="_family")
+    table = table.sort_values(["model", "_family"], kind="stable").drop(columns="_family")
     return table.reset_index(drop=True)
 
 
