@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,17 @@ def replicate_config(config: Mapping[str, Any], offset: int, model_cache: str | 
     return derived
 
 
-def _baseline_rows(results: Path) -> list[dict[str, Any]]:
-    path = results / "tables" / "baselines.parquet"
-    if not path.exists():
-        return []
-    table = read_parquet(path)
+BASELINE_METRICS = ("accuracy", "logit_diff_mean", "beats_distractor_rate", "prob_target_mean")
+OVERLAP_METRICS = ("iou", "shared", "share_of_a_in_b", "share_of_b_in_a", "p_value")
+INTERVENTION_METRICS = ("accuracy", "delta_accuracy", "fixed", "introduced")
+
+
+def _baseline_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     clean = table[table["condition"] == "clean"]
+    metrics = [metric for metric in BASELINE_METRICS if metric in clean.columns]
     rows = []
     for record in clean.to_dict("records"):
-        for metric in ("accuracy", "logit_diff_mean"):
+        for metric in metrics:
             rows.append(
                 {"model": record["model"], "family": "baseline", "metric": f"{record['task']}.{metric}",
                  "value": float(record[metric])}
@@ -57,23 +59,21 @@ def _baseline_rows(results: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _overlap_rows(results: Path) -> list[dict[str, Any]]:
+def _overlap_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(results.glob("overlap/*/summary.parquet")):
-        for record in read_parquet(path).to_dict("records"):
-            for metric in ("iou", "shared", "share_of_a_in_b", "share_of_b_in_a", "p_value"):
-                rows.append(
-                    {"model": record["model"], "family": "overlap", "metric": metric, "value": float(record[metric])}
-                )
+    for record in table.to_dict("records"):
+        for metric in OVERLAP_METRICS:
+            rows.append(
+                {"model": record["model"], "family": "overlap", "metric": metric, "value": float(record[metric])}
+            )
     return rows
 
 
-def _intervention_rows(results: Path) -> list[dict[str, Any]]:
+def _intervention_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted(results.glob("intervention/*/accuracy.parquet")):
-        table = read_parquet(path)
-        for record in table[table["status"] == "ran"].to_dict("records"):
-            for metric in ("accuracy", "delta_accuracy"):
+    for record in table[table["status"] == "ran"].to_dict("records"):
+        for metric in INTERVENTION_METRICS:
+            if metric in record:
                 rows.append(
                     {"model": record["model"], "family": "intervention", "metric": f"{record['condition']}.{metric}",
                      "value": float(record[metric])}
@@ -81,15 +81,34 @@ def _intervention_rows(results: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def headline_rows(
+    baselines: pd.DataFrame | None = None,
+    overlap: Iterable[pd.DataFrame] = (),
+    intervention: Iterable[pd.DataFrame] = (),
+) -> pd.DataFrame:
+    """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
+    task (`baselines`, the workflow's baselines table), the overlap of the two circuits (one overlap summary
+    per model) and the intervention's accuracy per condition that ran (one accuracy table per model)."""
+    rows = [] if baselines is None else _baseline_rows(baselines)
+    for table in overlap:
+        rows += _overlap_rows(table)
+    for table in intervention:
+        rows += _intervention_rows(table)
+    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+
+
 def headline_numbers(results: str | os.PathLike) -> pd.DataFrame:
-    """One run's headline numbers, one row per (model, family, metric): clean baselines per task, the
-    overlap of the two circuits, and the intervention's accuracy per condition. Tables the run did not
-    build (a config with one task has no overlap) are left out."""
+    """One run's headline numbers (see `headline_rows`), read from its results directory. Tables the run did
+    not build (a config with one task has no overlap) are left out."""
     results = Path(results)
     if not results.is_dir():
         raise FileNotFoundError(f"no results directory at {results}")
-    rows = _baseline_rows(results) + _overlap_rows(results) + _intervention_rows(results)
-    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    baselines = results / "tables" / "baselines.parquet"
+    return headline_rows(
+        read_parquet(baselines) if baselines.exists() else None,
+        [read_parquet(path) for path in sorted(results.glob("overlap/*/summary.parquet"))],
+        [read_parquet(path) for path in sorted(results.glob("intervention/*/accuracy.parquet"))],
+    )
 
 
 def seed_variation(runs: Mapping[int, str | os.PathLike]) -> pd.DataFrame:

@@ -1,0 +1,121 @@
+"""The paper's headline numbers as data, and this run's numbers set beside them.
+
+`PAPER_NUMBERS` restates the numbers of Merullo et al. (ICLR 2024) that this workflow measures, one row per
+(paper model, family, metric), in the units the comparison uses: accuracies and rates in percent, logit
+differences in logits, the overlap's IoU as a fraction and head counts in heads. Metric names are those of
+`circuit_reuse.replicates.headline_rows`, so a run's headline numbers line up with them.
+
+A run's model is matched to a paper model by its config spec: a `hub_id` (pretrained weights) or an
+`architecture` (random or local weights of that shape) equal to "gpt2" or "gpt2-medium". Any other model has
+no paper value. A matched model with random weights is a stand-in: its numbers say nothing about the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from circuit_reuse.replicates import headline_rows
+
+PAPER_MODELS = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium"}
+PAPER_COLUMNS = ["model", "family", "metric", "value", "unit", "source"]
+COMPARISON_COLUMNS = [
+    "model", "paper_model", "weights", "family", "metric", "unit", "run", "paper", "gap", "source",
+]  # fmt: skip
+FAMILIES = ("baseline", "overlap", "intervention", "movers")
+# The factor that takes a run's value (as its tables store it) to the paper's unit.
+UNIT_SCALE = {"%": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0}
+
+_ROWS = [
+    ("gpt2-small", "baseline", "ioi.logit_diff_mean", 3.56, "logits",
+     "Wang et al. (2022), cited in Sec. 2: mean IO-S logit difference over 100k IOI prompts"),
+    ("gpt2-small", "baseline", "ioi.beats_distractor_rate", 99.3, "%",
+     "Wang et al. (2022): IO logit above S logit"),
+    ("gpt2-small", "baseline", "ioi.prob_target_mean", 49.0, "%",
+     "Wang et al. (2022): mean IO probability 0.49"),
+    ("gpt2-medium", "baseline", "colored_objects.accuracy", 49.6, "%",
+     "Sec. 5 (intervention): Colored Objects accuracy without intervention"),
+    ("gpt2-medium", "overlap", "iou", 25 / 32, "fraction",
+     "Sec. 4: 25 of the 32 heads in the union of the IOI and Colored Objects circuits"),
+    ("gpt2-medium", "overlap", "shared", 25.0, "heads",
+     "Sec. 4: heads in both circuits"),
+    ("gpt2-medium", "intervention", "none.accuracy", 49.6, "%",
+     "Sec. 5, intervention figure: no intervention"),
+    ("gpt2-medium", "intervention", "inhibition.accuracy", 81.5, "%",
+     "Sec. 5: inhibition heads 12.3, 13.4, 13.13 overridden"),
+    ("gpt2-medium", "intervention", "negative_mover.accuracy", 78.1, "%",
+     "Sec. 5: negative mover 19.1 overridden"),
+    ("gpt2-medium", "intervention", "both.accuracy", 93.7, "%",
+     "Sec. 5: inhibition heads and negative mover overridden"),
+    ("gpt2-medium", "intervention", "both.introduced", 0.0, "prompts",
+     "Sec. 5: the full intervention makes no new mistakes"),
+    ("gpt2-medium", "intervention", "content_gatherers_blocked.accuracy", 35.0, "%",
+     "Sec. 5: content gatherers 11.6, 11.7, 12.15 blocked from the question (random heads: 49.9 +/- 1.0)"),
+    ("gpt2-medium", "intervention", "content_gatherers_blocked.random_accuracy", 49.9, "%",
+     "Sec. 5: random heads blocked instead of the content gatherers (+/- 1.0)"),
+    ("gpt2-medium", "movers", "both.spearman_rho", 0.69, "rho",
+     "Sec. 5: mover heads' change against path-patching importance, Spearman, p < 0.01"),
+]  # fmt: skip
+
+PAPER_NUMBERS = pd.DataFrame(_ROWS, columns=PAPER_COLUMNS)
+
+
+def paper_model(spec: Mapping[str, Any]) -> str | None:
+    """The paper model a run's model stands for ("gpt2-small" or "gpt2-medium"), or None: its `hub_id`, else
+    its `architecture`, must be "gpt2" or "gpt2-medium"."""
+    for key in ("hub_id", "architecture"):
+        name = spec.get(key)
+        if name is not None:
+            return PAPER_MODELS.get(str(name))
+    return None
+
+
+def weights_kind(spec: Mapping[str, Any]) -> str:
+    """How the model's weights were obtained: "pretrained" (hub), "random" (a stand-in) or the source named."""
+    source = str(spec.get("source", "unknown"))
+    return {"hub": "pretrained", "random": "random"}.get(source, source)
+
+
+def compare_to_paper(headline: pd.DataFrame, models: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """This run's numbers beside the paper's, one row per (run model, metric the paper reports).
+
+    `headline` is a run's headline numbers (columns model, family, metric, value, as `headline_rows` builds
+    them); `models` maps each run model to its config spec. A model matched to a paper model gets that
+    model's metrics, with `run` in the paper's unit (NaN where the run did not measure it), `paper` and
+    `gap` = run - paper. An unmatched model gets every metric the paper reports, with no paper value. Rows
+    are ordered by model, then family, then as in `PAPER_NUMBERS`.
+    """
+    values = {(r["model"], r["metric"]): float(r["value"]) for r in headline.to_dict("records")}
+    rows = []
+    for model in sorted(models):
+        spec = models[model]
+        matched = paper_model(spec)
+        if matched is None:
+            reference = PAPER_NUMBERS.drop_duplicates("metric").assign(value=np.nan, source="")
+        else:
+            reference = PAPER_NUMBERS[PAPER_NUMBERS["model"] == matched]
+        for record in reference.to_dict("records"):
+            run = values.get((model, record["metric"]), np.nan) * UNIT_SCALE[record["unit"]]
+            rows.append(
+                {"model": model, "paper_model": matched or "", "weights": weights_kind(spec),
+                 "family": record["family"], "metric": record["metric"], "unit": record["unit"], "run": run,
+                 "paper": record["value"], "gap": run - record["value"], "source": record["source"]}
+            )  # fmt: skip
+    table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    order = {family: i for i, family in enumerate(FAMILIES)}
+    table["_family"] = table["family"].map(order)
+    table = table.sort_values(["model", "_family"], kind="stable").drop(columns="_family")
+    return table.reset_index(drop=True)
+
+
+def paper_comparison(
+    models: Mapping[str, Mapping[str, Any]],
+    baselines: pd.DataFrame | None = None,
+    overlap: Iterable[pd.DataFrame] = (),
+    intervention: Iterable[pd.DataFrame] = (),
+) -> pd.DataFrame:
+    """`compare_to_paper` on the headline numbers of explicit tables (see `headline_rows`)."""
+    return compare_to_paper(headline_rows(baselines, overlap, intervention), models)

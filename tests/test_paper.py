@@ -1,0 +1,92 @@
+"""The paper's numbers as data and this run's numbers beside them, on hand-made tables with known answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from circuit_reuse.paper import PAPER_NUMBERS, compare_to_paper, paper_comparison, paper_model
+
+MEDIUM_RANDOM = {"source": "random", "architecture": "gpt2-medium", "seed": 1}
+SMALL_HUB = {"source": "hub", "hub_id": "gpt2", "revision": "main"}
+OTHER = {"source": "local", "path": "/models/pythia"}
+
+
+def _overlap(model, iou, shared=1):
+    return pd.DataFrame([{"model": model, "iou": iou, "shared": shared, "share_of_a_in_b": 0.5,
+                          "share_of_b_in_a": 0.5, "p_value": 0.1}])  # fmt: skip
+
+
+def _accuracy(model, rows):
+    return pd.DataFrame(
+        [{"model": model, "condition": c, "status": s, "accuracy": a, "delta_accuracy": 0.0, "fixed": 0,
+          "introduced": 0} for c, s, a in rows]
+    )  # fmt: skip
+
+
+def _baselines(model, task, logit_diff, accuracy):
+    return pd.DataFrame(
+        [{"model": model, "task": task, "condition": cond, "accuracy": accuracy, "logit_diff_mean": ld,
+          "beats_distractor_rate": 0.5, "prob_target_mean": 0.25} for cond, ld in (("clean", logit_diff),
+                                                                                 ("corrupted", -9.0))]
+    )  # fmt: skip
+
+
+def test_paper_numbers_hold_the_headline_values():
+    table = PAPER_NUMBERS.set_index(["model", "metric"])["value"]
+    assert table[("gpt2-medium", "iou")] == pytest.approx(0.78125)
+    assert table[("gpt2-medium", "both.accuracy")] == 93.7
+    assert table[("gpt2-medium", "none.accuracy")] == 49.6
+    assert table[("gpt2-small", "ioi.logit_diff_mean")] == 3.56
+    assert not PAPER_NUMBERS.duplicated(["model", "metric"]).any()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [(MEDIUM_RANDOM, "gpt2-medium"), (SMALL_HUB, "gpt2-small"), ({"source": "hub", "hub_id": "gpt2-large"}, None),
+     ({"source": "random", "architecture": "gpt2"}, "gpt2-small"), (OTHER, None)],
+)  # fmt: skip
+def test_models_match_the_paper_by_hub_id_or_architecture(spec, expected):
+    assert paper_model(spec) == expected
+
+
+def test_overlap_gap_in_the_papers_unit():
+    table = paper_comparison({"m": MEDIUM_RANDOM}, overlap=[_overlap("m", 0.5)])
+    row = table.set_index("metric").loc["iou"]
+    assert (row["run"], row["paper"], row["gap"]) == (0.5, 0.78125, -0.28125)
+    assert row["paper_model"] == "gpt2-medium" and row["weights"] == "random"
+    # metrics the run did not measure are kept, with no run value and no gap
+    assert math.isnan(table.set_index("metric").loc["both.accuracy", "gap"])
+
+
+def test_accuracies_are_compared_in_percent_and_skipped_conditions_have_no_value():
+    accuracy = _accuracy("m", [("none", "ran", 0.5), ("both", "ran", 0.9), ("negative_mover", "skipped", np.nan)])
+    table = paper_comparison({"m": MEDIUM_RANDOM}, intervention=[accuracy]).set_index("metric")
+    assert table.loc["none.accuracy", "gap"] == pytest.approx(50.0 - 49.6)
+    assert table.loc["both.accuracy", "gap"] == pytest.approx(90.0 - 93.7)
+    assert table.loc["both.introduced", "gap"] == 0.0
+    assert math.isnan(table.loc["negative_mover.accuracy", "run"])
+
+
+def test_small_gets_the_ioi_baseline_and_an_unmatched_model_no_paper_value():
+    baselines = pd.concat([_baselines("s", "ioi", 3.0, 0.8), _baselines("x", "ioi", 1.0, 0.2)])
+    table = paper_comparison({"s": SMALL_HUB, "x": OTHER}, baselines=baselines)
+    small = table[table["model"] == "s"].set_index("metric")
+    assert set(small.index) == {"ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean"}
+    assert small.loc["ioi.logit_diff_mean", "gap"] == pytest.approx(3.0 - 3.56)
+    assert small.loc["ioi.beats_distractor_rate", "run"] == pytest.approx(50.0)
+    other = table[table["model"] == "x"].set_index("metric")
+    assert other["paper"].isna().all() and other["gap"].isna().all()
+    assert other.loc["ioi.logit_diff_mean", "run"] == 1.0
+    assert set(other.index) == set(PAPER_NUMBERS["metric"])
+
+
+def test_compare_to_paper_is_deterministic_and_ordered_by_family():
+    headline = pd.DataFrame(
+        [{"model": "m", "family": "overlap", "metric": "iou", "value": 0.25}],
+        columns=["model", "family", "metric", "value"],
+    )
+    first = compare_to_paper(headline, {"m": MEDIUM_RANDOM})
+    pd.testing.assert_frame_equal(first, compare_to_paper(headline, {"m": MEDIUM_RANDOM}))
+    assert list(dict.fromkeys(first["family"])) == ["baseline", "overlap", "intervention", "movers"]
