@@ -34,8 +34,19 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return validate_config(yaml.safe_load(path.read_text()) or {})
 
 
+# Mappings whose order means something: the first task is `task_a` of the overlap, and models and tasks are
+# listed, plotted and tabulated in config order.
+ORDERED_SECTIONS = ("models", "tasks")
+
+
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return a copy of `config` with defaults filled in, or raise ConfigError listing every problem."""
+    """Return a copy of `config` with defaults filled in and keys in canonical order, or raise ConfigError
+    listing every problem.
+
+    Keys are sorted everywhere except the order of `models` and `tasks` themselves, so that a config
+    whose keys were merely reordered (by hand, or by a YAML writer) gives rules the same parameters and
+    reruns nothing.
+    """
     schema = schema or load_schema()
     filled = copy.deepcopy(dict(config))
     _fill_defaults(filled, schema, schema)
@@ -44,7 +55,20 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     if errors:
         lines = [_describe(error) for error in errors]
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    return filled
+    return {
+        key: {name: _sorted_keys(entry) for name, entry in filled[key].items()}
+        if key in ORDERED_SECTIONS
+        else _sorted_keys(filled[key])
+        for key in sorted(filled)
+    }
+
+
+def _sorted_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -36,6 +36,24 @@ def test_defaults_are_filled_in(paper_config):
     assert paper_config.get("device") is None, "the caller's dict is left unchanged"
 
 
+def _reversed_keys(value):
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_reordered_keys_give_the_same_config_but_models_and_tasks_keep_their_order(paper_config):
+    reordered = _reversed_keys(paper_config)
+    original, shuffled = validate_config(paper_config), validate_config(reordered)
+    assert list(original["tasks"]) == ["ioi", "colored_objects"]
+    assert list(shuffled["tasks"]) == ["colored_objects", "ioi"]
+    assert list(shuffled["models"]) == list(reversed(list(original["models"])))
+    # Inside each model and task, and everywhere else, key order no longer depends on the file.
+    assert repr(shuffled["models"]["gpt2-small"]) == repr(original["models"]["gpt2-small"])
+    assert repr(shuffled["discovery"]) == repr(original["discovery"])
+    assert list(shuffled) == list(original) == sorted(original)
+
+
 def _error(config) -> str:
     with pytest.raises(ConfigError) as raised:
         validate_config(config)
