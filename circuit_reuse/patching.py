@@ -728,56 +728,87 @@ def receiver_layers(job: PatchJob) -> list[int]:
     return [] if job.to_logits else sorted({r[0] for r in job.receivers})
 
 
-def clean_cache(model, job: PatchJob) -> CleanCache:
-    """One clean and one corrupted run of the bridge, keeping only what steps (a) and (b) need."""
+def forward_capturing(weights: GPT2Weights, tokens: torch.Tensor, take: Callable[[str, int, torch.Tensor], None]):
+    """A full GPT-2 forward pass from the weights; return the final residual stream [B, T, d].
+
+    `take(what, layer, activation)` sees "z" [B, T, H, d_head], "resid_pre", "resid_mid" [B, T, d] and "k", "v"
+    [B, T, H, d_head] of every layer and keeps what it needs. Unlike the bridge this computes no logits (the
+    logit difference needs two unembedding columns at one position) and keeps no activations it is not asked
+    for; the bridge's own pass cost about twice as much on CPU.
+    """
+    B, T = tokens.shape
+    H, dh, d = weights.n_heads, weights.d_head, weights.d_model
+    resid = weights.model.W_E[tokens] + weights.model.W_pos[:T]
+    for layer in range(weights.n_layers):
+        w = weights.layer(layer)
+        take("resid_pre", layer, resid)
+        x = layer_norm(resid, w.ln1_w, w.ln1_b, weights.eps)
+        q, k, v = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(B, T, 3, H, dh).unbind(dim=2)
+        take("k", layer, k)
+        take("v", layer, v)
+        # Right padding only: causal attention keeps every real token from reading the padding after it.
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=weights.scale
+        ).transpose(1, 2)  # [B, T, H, dh]
+        take("z", layer, z)
+        resid = resid + torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(B, T, d)
+        take("resid_mid", layer, resid)
+        resid = resid + mlp_out(weights, layer, resid)
+    return resid
+
+
+def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
+    """One clean and one corrupted forward pass, keeping only what steps (a) and (b) need."""
     rows = torch.arange(job.n_prompts, device=job.clean.device)
     p = job.position
-    sender_layers = sorted({layer for layer, _ in job.senders})
+    sender_layers = set(layer for layer, _ in job.senders)
+    mid_layers = set(mlp_layers(job))
+    pre_layers = set(receiver_layers(job))
+    lowest = job.lowest_receiver_layer
+    prefix_len = int(p.max())
+    # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie after
+    # every prompt's last token, so causal attention never lets a real token read them.
+    width = int((job.end - p).max()) + 1
+    window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=job.clean.shape[1] - 1)
 
-    def at_p(activation):
-        return activation[rows, p].clone()
+    def keeper(stored: dict, clean: bool):
+        def take(what: str, layer: int, activation: torch.Tensor) -> None:
+            if what == "z" and layer in sender_layers:
+                stored["z", layer] = activation[rows, p]
+            if not clean:
+                return
+            if what == "resid_mid" and layer in mid_layers:
+                stored["mid", layer] = activation[rows, p]
+            elif what == "resid_pre" and layer in pre_layers:
+                stored["pre", layer] = activation[rows, p]
+            if job.to_logits or layer < lowest:
+                return
+            if what == "resid_pre" and layer == lowest:
+                stored["window"] = activation[rows[:, None], window_index][None]
+            elif what in ("k", "v"):
+                # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
+                stored[what, layer] = activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
 
-    z_at_p = [(_hook_name(layer, "z"), ("z", layer), at_p) for layer in sender_layers]
-    wanted = z_at_p + [(_hook_name(layer, "resid_mid"), ("mid", layer), at_p) for layer in mlp_layers(job)]
-    if job.to_logits:
-        wanted.append((FINAL_RESIDUAL, "final", at_p))
-    else:
-        lowest = job.lowest_receiver_layer
-        wanted += [(_hook_name(layer, "resid_pre"), ("pre", layer), at_p) for layer in receiver_layers(job)]
-        # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie
-        # after every prompt's last token, so causal attention never lets a real token read them.
-        width = int((job.end - p).max()) + 1
-        window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=job.clean.shape[1] - 1)
-        wanted.append((_hook_name(lowest, "resid_pre"), "window", lambda a: a[rows[:, None], window_index][None]))
-        # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
-        prefix_len = int(p.max())
+        return take
 
-        def before_p(activation):
-            return activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
-
-        wanted += [
-            (_hook_name(layer, component), (component, layer), before_p)
-            for layer in range(lowest, job.n_layers)
-            for component in ("k", "v")
-        ]
-    clean_logits, clean = _run_storing(model, job.clean, wanted)
-    ld_clean = logit_difference(clean_logits[rows, job.end], job.answers)
-    del clean_logits
-    corrupt_logits, corrupt = _run_storing(model, job.corrupted, z_at_p)
-    ld_corrupt = logit_difference(corrupt_logits[rows, job.end], job.answers)
-    del corrupt_logits
+    clean, corrupt = {}, {}
+    clean_final = forward_capturing(weights, job.clean, keeper(clean, True))
+    ld_clean = logit_difference_from_residual(weights, clean_final[rows, job.end], job.answers)
+    corrupt_final = forward_capturing(weights, job.corrupted, keeper(corrupt, False))
+    ld_corrupt = logit_difference_from_residual(weights, corrupt_final[rows, job.end], job.answers)
+    del corrupt_final
 
     cache = CleanCache(
         ld_clean=ld_clean,
         ld_corrupt=ld_corrupt,
-        z_delta={layer: corrupt[("z", layer)] - clean[("z", layer)] for layer in sender_layers},
-        resid_pre={layer: clean[("pre", layer)] for layer in receiver_layers(job)},
-        resid_mid={layer: clean[("mid", layer)] for layer in mlp_layers(job)},
-        final=clean.get("final"),
+        z_delta={layer: corrupt["z", layer] - clean["z", layer] for layer in sender_layers},
+        resid_pre={layer: clean["pre", layer] for layer in pre_layers},
+        resid_mid={layer: clean["mid", layer] for layer in mid_layers},
+        final=clean_final[rows, p] if job.to_logits else None,
     )
     if not job.to_logits:
         cache.window = clean["window"]
-        cache.prefix_kv = {layer: (clean[("k", layer)], clean[("v", layer)]) for layer in range(lowest, job.n_layers)}
+        cache.prefix_kv = {layer: (clean["k", layer], clean["v", layer]) for layer in range(lowest, job.n_layers)}
         cache.prefix_mask = torch.arange(prefix_len, device=p.device)[None, :] < p[:, None]
         cache.end_in_window = job.end - p
     return cache
@@ -880,7 +911,7 @@ def path_patch(
     sums = ScoreSums(job.n_layers, job.n_heads)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching") as bar:
         for batch in job.batches(batch_size):
-            cache = clean_cache(model, batch)
+            cache = clean_cache(weights, batch)
             sums.add_baselines(cache.ld_clean, cache.ld_corrupt)
             chunk = sender_chunk or _default_chunk(batch)
             for start in range(0, len(batch.senders), chunk):
