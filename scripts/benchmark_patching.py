@@ -194,7 +194,7 @@ def extrapolate(per_sender_prompt: dict[str, float]) -> tuple[float, list[str]]:
     """Seconds for the paper's workload from the measured seconds per sender and prompt of each stage kind."""
     _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == ARCHITECTURE)
     total = 0.0
-    for (name, layers, _, width), tasks in PAPER_WORKLOAD.items():
+    for (_, layers, _, width), tasks in PAPER_WORKLOAD.items():
         # Cost per sender and prompt scales with the model's per-token compute, layers x d_model^2.
         scale = (layers * width**2) / (n_layers * d_model**2)
         for stages in tasks.values():
@@ -231,11 +231,15 @@ def main(argv=None) -> int:
         dataset = make_dataset("colored_objects", args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
         device = patching._model_device(model)
         lengths = sorted({int(e) + 1 for e in dataset.end})
-        print(f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
-              f"d_model {model.cfg.d_model}), {shape_note}")
+        print(
+            f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
+            f"d_model {model.cfg.d_model}), {shape_note}"
+        )
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-        print(f"prompts: {len(dataset)} Colored Objects (seed {args.seed}), {lengths} tokens; "
-              f"batch size {args.batch_size or len(dataset)}")
+        print(
+            f"prompts: {len(dataset)} Colored Objects (seed {args.seed}), {lengths} tokens; "
+            f"batch size {args.batch_size or len(dataset)}"
+        )
         with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
             model(dataset.clean_tokens[:2].to(device))
 
@@ -263,10 +267,14 @@ def main(argv=None) -> int:
         "ref s/sender: the reference's two passes per sender, timed on "
         f"{args.reference_senders} senders spread over the layers (its clean and corrupted runs left out);"
     )
-    print("fast s/sender: the fast implementation's whole run on every sender (its clean and corrupted runs "
-          "included) / senders.")
-    memory_kind = "torch.cuda.max_memory_allocated per run" if str(device).startswith("cuda") else (
-        "process peak RSS so far (ru_maxrss)"
+    print(
+        "fast s/sender: the fast implementation's whole run on every sender (its clean and corrupted runs "
+        "included) / senders."
+    )
+    memory_kind = (
+        "torch.cuda.max_memory_allocated per run"
+        if str(device).startswith("cuda")
+        else ("process peak RSS so far (ru_maxrss)")
     )
     print(f"peak memory: {memory_kind}.")
 
