@@ -728,39 +728,65 @@ def receiver_layers(job: PatchJob) -> list[int]:
     return [] if job.to_logits else sorted({r[0] for r in job.receivers})
 
 
-def forward_capturing(weights: GPT2Weights, tokens: torch.Tensor, take: Callable[[str, int, torch.Tensor], None]):
-    """A full GPT-2 forward pass from the weights; return the final residual stream [B, T, d].
+def forward_capturing(
+    weights: GPT2Weights,
+    tokens: torch.Tensor,
+    take: Callable[[str, int, torch.Tensor], None],
+    start: int = 0,
+    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+):
+    """A GPT-2 forward pass from the weights over positions start..T-1; return the final residual stream there.
 
-    `take(what, layer, activation)` sees "z" [B, T, H, d_head], "resid_pre", "resid_mid" [B, T, d] and "k", "v"
-    [B, T, H, d_head] of every layer and keeps what it needs. Unlike the bridge this computes no logits (the
-    logit difference needs two unembedding columns at one position) and keeps no activations it is not asked
-    for; the bridge's own pass cost about twice as much on CPU.
+    `take(what, layer, activation)` sees "z" [B, W, H, d_head], "resid_pre", "resid_mid" [B, W, d] and "k", "v"
+    [B, W, H, d_head] of every layer for the W = T - start computed positions and keeps what it needs. With
+    start > 0, `prefix_kv[layer]` holds the keys and values [B, start, H, d_head] of the positions before: a
+    run whose tokens agree with another's up to `start` reuses that run's (causal attention makes them equal).
+    Unlike the bridge this computes no logits (the logit difference needs two unembedding columns at one
+    position) and keeps no activations it is not asked for.
     """
     B, T = tokens.shape
     H, dh, d = weights.n_heads, weights.d_head, weights.d_model
-    resid = weights.model.W_E[tokens] + weights.model.W_pos[:T]
+    W = T - start
+    resid = weights.model.W_E[tokens[:, start:]] + weights.model.W_pos[start:T]
+    # Query i (position start + i) may read keys 0..start + i. Right padding only: causal attention keeps every
+    # real token from reading the padding after it.
+    mask = torch.ones(W, T, dtype=torch.bool, device=tokens.device).tril(diagonal=start) if start else None
     for layer in range(weights.n_layers):
         w = weights.layer(layer)
         take("resid_pre", layer, resid)
         x = layer_norm(resid, w.ln1_w, w.ln1_b, weights.eps)
-        q, k, v = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(B, T, 3, H, dh).unbind(dim=2)
+        q, k, v = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(B, W, 3, H, dh).unbind(dim=2)
         take("k", layer, k)
         take("v", layer, v)
-        # Right padding only: causal attention keeps every real token from reading the padding after it.
+        if start:
+            k = torch.cat([prefix_kv[layer][0], k], dim=1)
+            v = torch.cat([prefix_kv[layer][1], v], dim=1)
         z = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=weights.scale
-        ).transpose(1, 2)  # [B, T, H, dh]
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=not start,
+            scale=weights.scale,
+        ).transpose(1, 2)  # [B, W, H, dh]
         take("z", layer, z)
-        resid = resid + torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(B, T, d)
+        resid = resid + torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(B, W, d)
         take("resid_mid", layer, resid)
         resid = resid + mlp_out(weights, layer, resid)
     return resid
 
 
 def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
-    """One clean and one corrupted forward pass, keeping only what steps (a) and (b) need."""
+    """One clean and one corrupted forward pass, keeping only what steps (a) and (b) need.
+
+    The corrupted run recomputes only the positions from the batch's first corrupted token on (at most the
+    earliest END): before it the two runs are the same, so it reuses the clean run's keys and values there.
+    """
     rows = torch.arange(job.n_prompts, device=job.clean.device)
-    p = job.position
+    p, T = job.position, job.clean.shape[1]
+    differs = job.clean != job.corrupted
+    first_difference = torch.where(differs.any(dim=1), differs.to(torch.int8).argmax(dim=1), T)
+    shared = int(torch.minimum(first_difference, job.end).min())
     sender_layers = set(layer for layer, _ in job.senders)
     mid_layers = set(mlp_layers(job))
     pre_layers = set(receiver_layers(job))
@@ -769,18 +795,21 @@ def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
     # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie after
     # every prompt's last token, so causal attention never lets a real token read them.
     width = int((job.end - p).max()) + 1
-    window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=job.clean.shape[1] - 1)
+    window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=T - 1)
+    # Where the corrupted run's z at p lies among its computed positions (a prompt whose p lies before them has
+    # the clean z there, and its delta is set to 0 below).
+    p_corrupt = (p - shared).clamp(min=0)
 
-    def keeper(stored: dict, clean: bool):
+    def keep_clean(stored: dict):
         def take(what: str, layer: int, activation: torch.Tensor) -> None:
             if what == "z" and layer in sender_layers:
                 stored["z", layer] = activation[rows, p]
-            if not clean:
-                return
-            if what == "resid_mid" and layer in mid_layers:
+            elif what == "resid_mid" and layer in mid_layers:
                 stored["mid", layer] = activation[rows, p]
             elif what == "resid_pre" and layer in pre_layers:
                 stored["pre", layer] = activation[rows, p]
+            if what in ("k", "v") and shared:
+                stored["shared", what, layer] = activation[:, :shared]
             if job.to_logits or layer < lowest:
                 return
             if what == "resid_pre" and layer == lowest:
@@ -791,17 +820,34 @@ def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
 
         return take
 
+    def keep_corrupt(stored: dict):
+        def take(what: str, layer: int, activation: torch.Tensor) -> None:
+            if what == "z" and layer in sender_layers:
+                stored["z", layer] = activation[rows, p_corrupt]
+
+        return take
+
     clean, corrupt = {}, {}
-    clean_final = forward_capturing(weights, job.clean, keeper(clean, True))
+    clean_final = forward_capturing(weights, job.clean, keep_clean(clean))
     ld_clean = logit_difference_from_residual(weights, clean_final[rows, job.end], job.answers)
-    corrupt_final = forward_capturing(weights, job.corrupted, keeper(corrupt, False))
-    ld_corrupt = logit_difference_from_residual(weights, corrupt_final[rows, job.end], job.answers)
-    del corrupt_final
+    shared_kv = (
+        {layer: (clean["shared", "k", layer], clean["shared", "v", layer]) for layer in range(job.n_layers)}
+        if shared
+        else None
+    )
+    corrupt_final = forward_capturing(weights, job.corrupted, keep_corrupt(corrupt), shared, shared_kv)
+    ld_corrupt = logit_difference_from_residual(weights, corrupt_final[rows, job.end - shared], job.answers)
+    del corrupt_final, shared_kv
+    # Causal attention: a prompt corrupted only after p has the clean z at p. Exactly, whatever the rounding of
+    # the two runs, so such senders score exactly 0 as in the reference.
+    unchanged_at_p = (p < first_difference)[:, None, None]
 
     cache = CleanCache(
         ld_clean=ld_clean,
         ld_corrupt=ld_corrupt,
-        z_delta={layer: corrupt["z", layer] - clean["z", layer] for layer in sender_layers},
+        z_delta={
+            layer: torch.where(unchanged_at_p, 0.0, corrupt["z", layer] - clean["z", layer]) for layer in sender_layers
+        },
         resid_pre={layer: clean["pre", layer] for layer in pre_layers},
         resid_mid={layer: clean["mid", layer] for layer in mid_layers},
         final=clean_final[rows, p] if job.to_logits else None,
