@@ -15,6 +15,9 @@ Two implementations share input validation (`prepare_job`) and the score formula
   batch, with hooks. It is slow and obviously right; tests and the benchmark measure the fast one against it.
 - `path_patch` computes the same numbers from the model's weights, using that only position p changes and
   attention is causal:
+  * the clean and corrupted runs are its own forward passes over the weights, keeping only what (a) and (b)
+    read and no logits but the two answer columns at END; the corrupted run starts at the batch's first
+    corrupted token, reusing the clean run's keys and values before it (the two runs agree there);
   * in (a) every head at p except s is frozen, so the residual stream at p differs from the clean one by
     s's own delta (z_corr - z_clean) W_O[s] plus, unless MLPs are frozen, the MLPs' responses to it at p.
     That is a one-position MLP chain, run for all senders (and prompts) at once from each sender's layer;
