@@ -15,6 +15,9 @@ Two implementations share input validation (`prepare_job`) and the score formula
   batch, with hooks. It is slow and obviously right; tests and the benchmark measure the fast one against it.
 - `path_patch` computes the same numbers from the model's weights, using that only position p changes and
   attention is causal:
+  * the clean and corrupted runs are its own forward passes over the weights, keeping only what (a) and (b)
+    read and no logits but the two answer columns at END; the corrupted run starts at the batch's first
+    corrupted token, reusing the clean run's keys and values before it (the two runs agree there);
   * in (a) every head at p except s is frozen, so the residual stream at p differs from the clean one by
     s's own delta (z_corr - z_clean) W_O[s] plus, unless MLPs are frozen, the MLPs' responses to it at p.
     That is a one-position MLP chain, run for all senders (and prompts) at once from each sender's layer;
@@ -728,56 +731,133 @@ def receiver_layers(job: PatchJob) -> list[int]:
     return [] if job.to_logits else sorted({r[0] for r in job.receivers})
 
 
-def clean_cache(model, job: PatchJob) -> CleanCache:
-    """One clean and one corrupted run of the bridge, keeping only what steps (a) and (b) need."""
+def forward_capturing(
+    weights: GPT2Weights,
+    tokens: torch.Tensor,
+    take: Callable[[str, int, torch.Tensor], None],
+    start: int = 0,
+    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+):
+    """A GPT-2 forward pass from the weights over positions start..T-1; return the final residual stream there.
+
+    `take(what, layer, activation)` sees "z" [B, W, H, d_head], "resid_pre", "resid_mid" [B, W, d] and "k", "v"
+    [B, W, H, d_head] of every layer for the W = T - start computed positions and keeps what it needs. With
+    start > 0, `prefix_kv[layer]` holds the keys and values [B, start, H, d_head] of the positions before: a
+    run whose tokens agree with another's up to `start` reuses that run's (causal attention makes them equal).
+    Unlike the bridge this computes no logits (the logit difference needs two unembedding columns at one
+    position) and keeps no activations it is not asked for.
+    """
+    B, T = tokens.shape
+    H, dh, d = weights.n_heads, weights.d_head, weights.d_model
+    W = T - start
+    resid = weights.model.W_E[tokens[:, start:]] + weights.model.W_pos[start:T]
+    # Query i (position start + i) may read keys 0..start + i. Right padding only: causal attention keeps every
+    # real token from reading the padding after it.
+    mask = torch.ones(W, T, dtype=torch.bool, device=tokens.device).tril(diagonal=start) if start else None
+    for layer in range(weights.n_layers):
+        w = weights.layer(layer)
+        take("resid_pre", layer, resid)
+        x = layer_norm(resid, w.ln1_w, w.ln1_b, weights.eps)
+        q, k, v = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(B, W, 3, H, dh).unbind(dim=2)
+        take("k", layer, k)
+        take("v", layer, v)
+        if start:
+            k = torch.cat([prefix_kv[layer][0], k], dim=1)
+            v = torch.cat([prefix_kv[layer][1], v], dim=1)
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=not start,
+            scale=weights.scale,
+        ).transpose(1, 2)  # [B, W, H, dh]
+        take("z", layer, z)
+        resid = resid + torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(B, W, d)
+        take("resid_mid", layer, resid)
+        resid = resid + mlp_out(weights, layer, resid)
+    return resid
+
+
+def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
+    """One clean and one corrupted forward pass, keeping only what steps (a) and (b) need.
+
+    The corrupted run recomputes only the positions from the batch's first corrupted token on (at most the
+    earliest END): before it the two runs are the same, so it reuses the clean run's keys and values there.
+    """
     rows = torch.arange(job.n_prompts, device=job.clean.device)
-    p = job.position
-    sender_layers = sorted({layer for layer, _ in job.senders})
+    p, T = job.position, job.clean.shape[1]
+    differs = job.clean != job.corrupted
+    first_difference = torch.where(differs.any(dim=1), differs.to(torch.int8).argmax(dim=1), T)
+    shared = int(torch.minimum(first_difference, job.end).min())
+    sender_layers = set(layer for layer, _ in job.senders)
+    mid_layers = set(mlp_layers(job))
+    pre_layers = set(receiver_layers(job))
+    lowest = job.lowest_receiver_layer
+    prefix_len = int(p.max())
+    # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie after
+    # every prompt's last token, so causal attention never lets a real token read them.
+    width = int((job.end - p).max()) + 1
+    window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=T - 1)
+    # Where the corrupted run's z at p lies among its computed positions (a prompt whose p lies before them has
+    # the clean z there, and its delta is set to 0 below).
+    p_corrupt = (p - shared).clamp(min=0)
 
-    def at_p(activation):
-        return activation[rows, p].clone()
+    def keep_clean(stored: dict):
+        def take(what: str, layer: int, activation: torch.Tensor) -> None:
+            if what == "z" and layer in sender_layers:
+                stored["z", layer] = activation[rows, p]
+            elif what == "resid_mid" and layer in mid_layers:
+                stored["mid", layer] = activation[rows, p]
+            elif what == "resid_pre" and layer in pre_layers:
+                stored["pre", layer] = activation[rows, p]
+            if what in ("k", "v") and shared:
+                stored["shared", what, layer] = activation[:, :shared]
+            if job.to_logits or layer < lowest:
+                return
+            if what == "resid_pre" and layer == lowest:
+                stored["window"] = activation[rows[:, None], window_index][None]
+            elif what in ("k", "v"):
+                # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
+                stored[what, layer] = activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
 
-    z_at_p = [(_hook_name(layer, "z"), ("z", layer), at_p) for layer in sender_layers]
-    wanted = z_at_p + [(_hook_name(layer, "resid_mid"), ("mid", layer), at_p) for layer in mlp_layers(job)]
-    if job.to_logits:
-        wanted.append((FINAL_RESIDUAL, "final", at_p))
-    else:
-        lowest = job.lowest_receiver_layer
-        wanted += [(_hook_name(layer, "resid_pre"), ("pre", layer), at_p) for layer in receiver_layers(job)]
-        # Positions p, p+1, ... as far as the longest window. Indices past the sequence are clamped; they lie
-        # after every prompt's last token, so causal attention never lets a real token read them.
-        width = int((job.end - p).max()) + 1
-        window_index = (p[:, None] + torch.arange(width, device=p.device)).clamp(max=job.clean.shape[1] - 1)
-        wanted.append((_hook_name(lowest, "resid_pre"), "window", lambda a: a[rows[:, None], window_index][None]))
-        # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
-        prefix_len = int(p.max())
+        return take
 
-        def before_p(activation):
-            return activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
+    def keep_corrupt(stored: dict):
+        def take(what: str, layer: int, activation: torch.Tensor) -> None:
+            if what == "z" and layer in sender_layers:
+                stored["z", layer] = activation[rows, p_corrupt]
 
-        wanted += [
-            (_hook_name(layer, component), (component, layer), before_p)
-            for layer in range(lowest, job.n_layers)
-            for component in ("k", "v")
-        ]
-    clean_logits, clean = _run_storing(model, job.clean, wanted)
-    ld_clean = logit_difference(clean_logits[rows, job.end], job.answers)
-    del clean_logits
-    corrupt_logits, corrupt = _run_storing(model, job.corrupted, z_at_p)
-    ld_corrupt = logit_difference(corrupt_logits[rows, job.end], job.answers)
-    del corrupt_logits
+        return take
+
+    clean, corrupt = {}, {}
+    clean_final = forward_capturing(weights, job.clean, keep_clean(clean))
+    ld_clean = logit_difference_from_residual(weights, clean_final[rows, job.end], job.answers)
+    shared_kv = (
+        {layer: (clean["shared", "k", layer], clean["shared", "v", layer]) for layer in range(job.n_layers)}
+        if shared
+        else None
+    )
+    corrupt_final = forward_capturing(weights, job.corrupted, keep_corrupt(corrupt), shared, shared_kv)
+    ld_corrupt = logit_difference_from_residual(weights, corrupt_final[rows, job.end - shared], job.answers)
+    del corrupt_final, shared_kv
+    # Causal attention: a prompt corrupted only after p has the clean z at p. Exactly, whatever the rounding of
+    # the two runs, so such senders score exactly 0 as in the reference.
+    unchanged_at_p = (p < first_difference)[:, None, None]
 
     cache = CleanCache(
         ld_clean=ld_clean,
         ld_corrupt=ld_corrupt,
-        z_delta={layer: corrupt[("z", layer)] - clean[("z", layer)] for layer in sender_layers},
-        resid_pre={layer: clean[("pre", layer)] for layer in receiver_layers(job)},
-        resid_mid={layer: clean[("mid", layer)] for layer in mlp_layers(job)},
-        final=clean.get("final"),
+        z_delta={
+            layer: torch.where(unchanged_at_p, 0.0, corrupt["z", layer] - clean["z", layer]) for layer in sender_layers
+        },
+        resid_pre={layer: clean["pre", layer] for layer in pre_layers},
+        resid_mid={layer: clean["mid", layer] for layer in mid_layers},
+        final=clean_final[rows, p] if job.to_logits else None,
     )
     if not job.to_logits:
         cache.window = clean["window"]
-        cache.prefix_kv = {layer: (clean[("k", layer)], clean[("v", layer)]) for layer in range(lowest, job.n_layers)}
+        cache.prefix_kv = {layer: (clean["k", layer], clean["v", layer]) for layer in range(lowest, job.n_layers)}
         cache.prefix_mask = torch.arange(prefix_len, device=p.device)[None, :] < p[:, None]
         cache.end_in_window = job.end - p
     return cache
@@ -880,7 +960,7 @@ def path_patch(
     sums = ScoreSums(job.n_layers, job.n_heads)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching") as bar:
         for batch in job.batches(batch_size):
-            cache = clean_cache(model, batch)
+            cache = clean_cache(weights, batch)
             sums.add_baselines(cache.ld_clean, cache.ld_corrupt)
             chunk = sender_chunk or _default_chunk(batch)
             for start in range(0, len(batch.senders), chunk):

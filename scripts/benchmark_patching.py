@@ -1,0 +1,298 @@
+"""Time the fast path patching against the literal reference on a GPT-2-medium-shaped model.
+
+A seeded random model with GPT-2 medium's shape (24 layers x 16 heads, d_model 1024; the library's random
+stand-in, whose shape is checked against the real gpt2-medium config) runs N Colored Objects prompts (62 real
+tokens each, the library's generator with the real tokenizer). For two stages, the logits stage and a query
+stage with three late mover heads as receivers, it times the reference on a fixed sample of senders and the
+fast implementation on every sender of the stage, on the same inputs, and prints a table: seconds per sender,
+their ratio, the largest score difference on the sampled senders, peak memory, and the time the paper's whole
+workload would take with each implementation.
+
+    python scripts/benchmark_patching.py                      # CPU, N = 32, 4 reference senders per stage
+    python scripts/benchmark_patching.py --device cuda --n-prompts 100
+
+Needs the GPT-2 tokenizer: $CIRCUIT_REUSE_TOKENIZER (or --tokenizer); $CIRCUIT_REUSE_GPT2_CONFIGS (optional)
+lets it check the shape against the real config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from circuit_reuse import patching
+from circuit_reuse.datasets import make_dataset
+from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, resolve_tokenizer_dir
+
+ARCHITECTURE = "gpt2-medium"
+# q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17).
+MOVER_QUERIES = [(15, 14, "q"), (16, 15, "q"), (17, 4, "q")]
+
+# The paper's workload, for the extrapolation. Per model: (name, n_layers, n_heads, d_model) and, per task, the
+# sender count of each stage: the logits stage has every head as a sender, a later stage the heads below its
+# lowest receiver layer. Those layers are the paper's heads (medium: movers from 15, inhibition from 12, content
+# gatherers from 11, induction from 9) and Wang et al.'s (small: movers from 9, S-inhibition from 7, induction
+# from 5); the discovered circuits may differ.
+PAPER_N = 1000
+PAPER_WORKLOAD = {
+    ("gpt2-small", 12, 12, 768): {
+        "ioi": {"movers": 144, "inhibition": 9 * 12, "induction": 7 * 12, "previous_token": 5 * 12},
+        "colored_objects": {"movers": 144, "inhibition": 9 * 12, "induction": 7 * 12},
+    },
+    ("gpt2-medium", 24, 16, 1024): {
+        "ioi": {"movers": 384, "inhibition": 15 * 16, "induction": 12 * 16, "previous_token": 9 * 16},
+        "colored_objects": {"movers": 384, "inhibition": 15 * 16, "induction": 11 * 16},
+    },
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--n-prompts", type=int, default=32, help="Colored Objects prompts (default 32)")
+    parser.add_argument("--reference-senders", type=int, default=4, help="senders the reference is timed on")
+    parser.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all)")
+    parser.add_argument("--sender-chunk", type=int, default=None, help="senders per fast pass (default: auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--model-dir", default=None, help="where to cache the random model (default: a temp dir)")
+    parser.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer directory ($CIRCUIT_REUSE_TOKENIZER)")
+    parser.add_argument("--seed", type=int, default=42, help="dataset seed (the paper's Colored Objects seed)")
+    parser.add_argument("--stages", default="logits,query", help="comma-separated: logits, query")
+    return parser.parse_args(argv)
+
+
+def check_shape_against_real_config() -> str:
+    """The random stand-in's shape is GPT2_SHAPES'; say whether the real gpt2-medium config agrees."""
+    configs = os.environ.get("CIRCUIT_REUSE_GPT2_CONFIGS")
+    shape = GPT2_SHAPES[ARCHITECTURE]
+    if not configs or not (Path(configs) / f"{ARCHITECTURE}.json").is_file():
+        return "shape not checked (set CIRCUIT_REUSE_GPT2_CONFIGS to check it against the real config)"
+    real = json.loads((Path(configs) / f"{ARCHITECTURE}.json").read_text())
+    mismatched = {key: (value, real.get(key)) for key, value in shape.items() if real.get(key) != value}
+    if mismatched:
+        raise SystemExit(f"the random {ARCHITECTURE} stand-in differs from the real config: {mismatched}")
+    return f"shape matches {Path(configs) / (ARCHITECTURE + '.json')}"
+
+
+def build_model(model_dir: Path, tokenizer_dir: Path, device: str):
+    spec = ModelSpec(name=f"{ARCHITECTURE}-random", source="random", architecture=ARCHITECTURE, seed=0)
+    cache_model(spec, model_dir, tokenizer_dir=tokenizer_dir)
+    return load_model(model_dir, device=device)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def timed_reference_senders(device: str, totals: dict):
+    """Add the time the reference spends in its per-sender passes (steps a and b) to totals['senders'].
+
+    The reference also runs a clean and a corrupted pass per batch; with few sampled senders those would
+    weigh far more per sender than in a real run over every sender, so they are left out of its per-sender time.
+    """
+    originals = {name: getattr(patching, name) for name in ("_reference_sender_run", "_reference_receiver_run")}
+
+    def wrap(function):
+        def timed(*args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            synchronize(device)
+            totals["senders"] += time.perf_counter() - start
+            return result
+
+        return timed
+
+    for name, function in originals.items():
+        setattr(patching, name, wrap(function))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(patching, name, function)
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def sample_senders(senders: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    """k senders spread evenly over the stage's senders (low to high layers), always the same ones."""
+    if k >= len(senders):
+        return list(senders)
+    step = (len(senders) - 1) / max(k - 1, 1)
+    return [senders[round(i * step)] for i in range(k)]
+
+
+def run_stage(model, dataset, receivers, args) -> dict:
+    cfg = model.cfg
+    lowest = cfg.n_layers if receivers == "logits" else min(layer for layer, _, _ in receivers)
+    all_senders = [(layer, head) for layer in range(lowest) for head in range(cfg.n_heads)]
+    sampled = sample_senders(all_senders, args.reference_senders)
+    batch_size = args.batch_size or len(dataset)
+    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.answer_tokens, receivers, dataset.end)
+    if receivers == "logits":
+        inputs = inputs[:4] + (None,)
+    common = {"batch_size": batch_size, "end_positions": dataset.end, "progress": False}
+
+    reset_peak_memory(args.device)
+    synchronize(args.device)
+    start = time.perf_counter()
+    fast = patching.path_patch(model, *inputs, sender_chunk=args.sender_chunk, **common)
+    synchronize(args.device)
+    fast_seconds = time.perf_counter() - start
+    fast_memory = peak_memory_mib(args.device)
+
+    reset_peak_memory(args.device)
+    totals = {"senders": 0.0}
+    start = time.perf_counter()
+    with timed_reference_senders(args.device, totals):
+        reference = patching.path_patch_reference(model, *inputs, senders=sampled, **common)
+    synchronize(args.device)
+    reference_seconds = time.perf_counter() - start
+    reference_memory = peak_memory_mib(args.device)
+
+    rows = torch.tensor([layer for layer, _ in sampled])
+    cols = torch.tensor([head for _, head in sampled])
+    difference = (fast[rows, cols] - reference[rows, cols]).abs().max().item()
+    reference_per_sender = totals["senders"] / len(sampled)
+    fast_per_sender = fast_seconds / len(all_senders)
+    return {
+        "senders": len(all_senders),
+        "sampled": len(sampled),
+        "reference_total": reference_seconds,
+        "reference_per_sender": reference_per_sender,
+        "fast_total": fast_seconds,
+        "fast_per_sender": fast_per_sender,
+        "ratio": reference_per_sender / fast_per_sender,
+        "max_difference": difference,
+        "max_score": reference[rows, cols].abs().max().item(),
+        "fast_memory": fast_memory,
+        "reference_memory": reference_memory,
+    }
+
+
+def extrapolate(per_sender_prompt: dict[str, float]) -> tuple[float, list[str]]:
+    """Seconds for the paper's workload from the measured seconds per sender and prompt of each stage kind."""
+    _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == ARCHITECTURE)
+    total = 0.0
+    for (_, layers, _, width), tasks in PAPER_WORKLOAD.items():
+        # Cost per sender and prompt scales with the model's per-token compute, layers x d_model^2.
+        scale = (layers * width**2) / (n_layers * d_model**2)
+        for stages in tasks.values():
+            for stage, senders in stages.items():
+                kind = "logits" if stage == "movers" else "query"
+                total += per_sender_prompt[kind] * scale * senders * PAPER_N
+    assumptions = [
+        f"paper's workload: GPT-2 small and medium x IOI (4 stages) and Colored Objects (3 stages), N = {PAPER_N}",
+        "senders per stage: all heads to the logits; below the lowest receiver layer otherwise "
+        "(medium movers from layer 15, inhibition 12, content gatherers 11, induction 9; small 9, 7, 5)",
+        "time linear in senders x prompts; k/v stages cost per sender what the measured query stage does",
+        "GPT-2 small scaled by its per-token compute (12 x 768^2) / (24 x 1024^2) = 0.28; prompts as long as "
+        "Colored Objects' (IOI's are shorter, which helps the reference more than the fast path)",
+    ]
+    return total, assumptions
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer_dir = resolve_tokenizer_dir(args.tokenizer)
+    if tokenizer_dir is None:
+        raise SystemExit("set CIRCUIT_REUSE_TOKENIZER (or --tokenizer) to the GPT-2 tokenizer directory")
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - {"logits", "query"}
+    if unknown:
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from logits, query")
+
+    shape_note = check_shape_against_real_config()
+    with tempfile.TemporaryDirectory(prefix="benchmark-patching-") as tmp:
+        model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / "model"
+        model = build_model(model_dir, tokenizer_dir, args.device)
+        dataset = make_dataset("colored_objects", args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
+        device = patching._model_device(model)
+        lengths = sorted({int(e) + 1 for e in dataset.end})
+        print(
+            f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
+            f"d_model {model.cfg.d_model}), {shape_note}"
+        )
+        print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+        print(
+            f"prompts: {len(dataset)} Colored Objects (seed {args.seed}), {lengths} tokens; "
+            f"batch size {args.batch_size or len(dataset)}"
+        )
+        with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
+            model(dataset.clean_tokens[:2].to(device))
+
+        stage_receivers = {"logits": "logits", "query": MOVER_QUERIES}
+        results = {}
+        for stage in stages:
+            results[stage] = run_stage(model, dataset, stage_receivers[stage], args)
+
+    print()
+    header = (
+        f"{'stage':<24}{'senders':>8}{'ref s/sender':>14}{'fast s/sender':>15}{'ratio':>9}"
+        f"{'max |diff|':>12}{'max |score|':>12}{'fast peak MiB':>15}{'ref peak MiB':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    names = {"logits": "logits (END)", "query": "q of 15.14 16.15 17.4"}
+    for stage, r in results.items():
+        print(
+            f"{names[stage]:<24}{r['senders']:>8}{r['reference_per_sender']:>14.3f}{r['fast_per_sender']:>15.5f}"
+            f"{r['ratio']:>8.0f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}"
+            f"{r['fast_memory']:>15.0f}{r['reference_memory']:>14.0f}"
+        )
+    print()
+    print(
+        "ref s/sender: the reference's two passes per sender, timed on "
+        f"{args.reference_senders} senders spread over the layers (its clean and corrupted runs left out);"
+    )
+    print(
+        "fast s/sender: the fast implementation's whole run on every sender (its clean and corrupted runs "
+        "included) / senders."
+    )
+    memory_kind = (
+        "torch.cuda.max_memory_allocated per run"
+        if str(device).startswith("cuda")
+        else ("process peak RSS so far (ru_maxrss)")
+    )
+    print(f"peak memory: {memory_kind}.")
+
+    if set(results) == {"logits", "query"}:
+        per_sender_prompt = {
+            implementation: {kind: results[kind][f"{implementation}_per_sender"] / len(dataset) for kind in results}
+            for implementation in ("reference", "fast")
+        }
+        print()
+        print(f"extrapolated full-paper workload on this device ({device}):")
+        for implementation in ("reference", "fast"):
+            seconds, assumptions = extrapolate(per_sender_prompt[implementation])
+            print(f"  {implementation:<10}{seconds:>14,.0f} s = {seconds / 3600:>9,.2f} h")
+        print("  assumptions:")
+        for line in assumptions:
+            print(f"    - {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

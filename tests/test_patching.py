@@ -1,0 +1,401 @@
+"""Path patching: the fast implementation against the literal recipe, cases with known answers, and input checks.
+
+`path_patch_reference` runs the recipe literally (two hooked forward passes of the bridge per sender), so it is
+the ground truth here; `path_patch` must give the same scores on every kind of job the workflow runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from circuit_reuse.models import ModelSpec, cache_model, load_model
+from circuit_reuse.patching import path_patch, path_patch_reference
+
+TOLERANCE = 1e-4
+# Token ids drawn for prompts stay below GPT-2's end-of-text id (50256), which is also the pad token.
+TOKEN_LIMIT = 50000
+SHAPES = {
+    "2L4H64d": {"n_layer": 2, "n_head": 4, "n_embd": 64},
+    "3L4H48d": {"n_layer": 3, "n_head": 4, "n_embd": 48},
+}
+# GPT-2's own initialisation (std 0.02) leaves attention almost uniform in a random model, so q/k/v paths score
+# about 1e-3, too close to float32 rounding (about 1e-5 here) to tell a wrong implementation from a right one.
+# Ten times larger weights give sharp attention and scores up to about 0.05 (logits: about 0.5).
+INITIALIZER_RANGE = 0.2
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tmp_path_factory, tokenizer_dir):
+    """Factory for cached-and-loaded random GPT-2 bridges with sharp attention: sharp_model("2L4H64d", seed)."""
+    built = {}
+
+    def make(shape: str, seed: int):
+        if (shape, seed) not in built:
+            overrides = {**SHAPES[shape], "n_positions": 64, "initializer_range": INITIALIZER_RANGE}
+            spec = ModelSpec(name="sharp", source="random", overrides=overrides, seed=seed)
+            dest = tmp_path_factory.mktemp("sharp") / "model"
+            cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+            built[shape, seed] = load_model(dest, device="cpu")
+        return built[shape, seed]
+
+    return make
+
+
+def make_prompts(model, lengths, seed, corrupt_at=None):
+    """Right-padded random prompts of the given lengths with a minimal corruption, and random answers.
+
+    Each corrupted prompt differs from its clean one in the tokens at `corrupt_at(length)` (indices into the
+    prompt; default: two tokens before the last one, so both END and earlier positions see the change).
+    Returns clean, corrupted [n, max(lengths)], answers [n, 2] and END [n].
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pad = model.tokenizer.pad_token_id
+    if pad is None:
+        pad = model.cfg.eos_token_id
+    width = max(lengths)
+    clean = torch.full((len(lengths), width), pad, dtype=torch.long)
+    corrupted = clean.clone()
+    for i, length in enumerate(lengths):
+        tokens = torch.randint(0, TOKEN_LIMIT, (length,), generator=generator)
+        changed = tokens.clone()
+        where = corrupt_at(length) if corrupt_at else [length - 3, length - 2]
+        changed[where] = torch.randint(0, TOKEN_LIMIT, (len(where),), generator=generator)
+        clean[i, :length] = tokens
+        corrupted[i, :length] = changed
+    answers = torch.randint(0, TOKEN_LIMIT, (len(lengths), 2), generator=generator)
+    end = torch.tensor(lengths) - 1
+    return clean, corrupted, answers, end
+
+
+def both(model, clean, corrupted, answers, receivers, position, freeze_mlps, **options):
+    """Scores of the fast and the reference implementation for the same job."""
+    common = dict(progress=False, **options)
+    fast = path_patch(model, clean, corrupted, answers, receivers, position, freeze_mlps, **common)
+    reference = path_patch_reference(model, clean, corrupted, answers, receivers, position, freeze_mlps, **common)
+    return fast, reference
+
+
+def assert_same_scores(fast: torch.Tensor, reference: torch.Tensor, tolerance: float = TOLERANCE) -> None:
+    assert fast.shape == reference.shape
+    assert torch.equal(fast.isnan(), reference.isnan()), "the two implementations score different heads"
+    defined = ~reference.isnan()
+    assert defined.any(), "no head was scored"
+    # Not a vacuous comparison: the job moves some score well past the tolerance.
+    assert reference[defined].abs().max() > 100 * tolerance
+    difference = (fast[defined] - reference[defined]).abs().max().item()
+    assert difference <= tolerance, f"fast and reference scores differ by up to {difference:.3g}"
+
+
+def assert_nan_from_layer(scores: torch.Tensor, lowest_receiver_layer: int) -> None:
+    """Heads at or above the lowest receiver layer are no senders (NaN); every head below is scored."""
+    assert scores[lowest_receiver_layer:].isnan().all()
+    assert not scores[:lowest_receiver_layer].isnan().any()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fast == reference
+# --------------------------------------------------------------------------------------------------------------
+
+# Variable lengths in one batch: the shorter prompts are right-padded.
+LENGTHS = (9, 7, 11, 8)
+
+
+# (shape, seed, freeze_mlps): both shapes, both seeds and both MLP settings, without the full product (the
+# reference costs two bridge passes per sender).
+LOGITS_CASES = [("2L4H64d", 0, False), ("2L4H64d", 1, True), ("3L4H48d", 0, True), ("3L4H48d", 1, False)]
+
+
+@pytest.mark.parametrize(("shape", "seed", "freeze_mlps"), LOGITS_CASES)
+def test_logits_stage_matches_reference(sharp_model, shape, seed, freeze_mlps):
+    model = sharp_model(shape, seed)
+    clean, corrupted, answers, end = make_prompts(model, LENGTHS, seed)
+    fast, reference = both(model, clean, corrupted, answers, "logits", None, freeze_mlps)
+    assert_same_scores(fast, reference)
+    assert not fast.isnan().any(), "to the logits every head is a sender"
+    # An explicit END position is the same job as position=None.
+    explicit = path_patch(model, clean, corrupted, answers, "logits", end, freeze_mlps, progress=False)
+    assert torch.equal(explicit, fast)
+
+
+SINGLE_Q = [(1, 2, "q")]
+KEY_VALUE = [(1, 0, "k"), (1, 3, "v")]
+SAME_HEAD_ALL = [(1, 0, "q"), (1, 0, "k"), (1, 0, "v"), (1, 1, "q")]
+LAST_LAYER_Q = [(2, 1, "q"), (2, 3, "q")]
+TWO_LAYERS = [(1, 2, "v"), (2, 0, "k")]
+MIXED = [(1, 0, "q"), (2, 1, "v"), (2, 2, "k"), (1, 3, "k")]
+# (shape, seed, receivers, freeze_mlps, position): single, several, mixed components and receivers in several
+# layers, each with MLPs frozen and not, at END and at an earlier position per prompt. A query of the last layer
+# at an earlier position cannot reach the logits at END (see the known-answer test below), so those sets are
+# compared at END only.
+QKV_CASES = [
+    ("2L4H64d", 0, SINGLE_Q, False, "END"),
+    ("2L4H64d", 1, SINGLE_Q, True, "END"),
+    ("2L4H64d", 0, KEY_VALUE, True, "earlier"),
+    ("2L4H64d", 1, KEY_VALUE, False, "END"),
+    ("2L4H64d", 1, SAME_HEAD_ALL, False, "earlier"),
+    ("2L4H64d", 0, SAME_HEAD_ALL, True, "END"),
+    ("3L4H48d", 0, LAST_LAYER_Q, True, "END"),
+    ("3L4H48d", 1, LAST_LAYER_Q, False, "END"),
+    ("3L4H48d", 1, TWO_LAYERS, True, "earlier"),
+    ("3L4H48d", 0, TWO_LAYERS, False, "END"),
+    ("3L4H48d", 0, MIXED, False, "earlier"),
+    ("3L4H48d", 1, MIXED, True, "earlier"),
+]
+
+
+def earlier_positions(end: torch.Tensor) -> torch.Tensor:
+    """A different earlier position per prompt (1 to 3 tokens before END), all at or after the corruption."""
+    return end - 1 - torch.arange(len(end)) % 3
+
+
+def corrupt_early(length: int) -> list[int]:
+    """Corrupt the second token and one 5 before the end, so earlier patch positions also see a change."""
+    return [1, length - 5]
+
+
+@pytest.mark.parametrize(("shape", "seed", "receivers", "freeze_mlps", "where"), QKV_CASES)
+def test_qkv_stage_matches_reference(sharp_model, shape, seed, receivers, freeze_mlps, where):
+    model = sharp_model(shape, seed)
+    clean, corrupted, answers, end = make_prompts(model, LENGTHS, seed, corrupt_at=corrupt_early)
+    position = None if where == "END" else earlier_positions(end)
+    fast, reference = both(model, clean, corrupted, answers, receivers, position, freeze_mlps)
+    assert_same_scores(fast, reference)
+    assert_nan_from_layer(fast, min(layer for layer, _, _ in receivers))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batch size, chunking and sender subsets change nothing
+# --------------------------------------------------------------------------------------------------------------
+
+BATCH_CASES = {
+    "logits": ("logits", None),
+    "qv_earlier": ([(2, 0, "q"), (2, 2, "v")], "earlier"),
+    "kv_end": ([(1, 1, "k"), (2, 3, "v")], None),
+}
+
+
+@pytest.mark.parametrize("case", list(BATCH_CASES))
+def test_scores_do_not_depend_on_batch_size_or_chunking(sharp_model, case):
+    model = sharp_model("3L4H48d", 1)
+    receivers, where = BATCH_CASES[case]
+    lengths = (9, 7, 11, 8, 10, 12, 7)
+    clean, corrupted, answers, end = make_prompts(model, lengths, 3, corrupt_at=corrupt_early)
+    position = None if where is None else earlier_positions(end)
+
+    def fast(**options):
+        return path_patch(model, clean, corrupted, answers, receivers, position, progress=False, **options)
+
+    whole = fast(batch_size=len(lengths))
+    # Batches of uneven size (7 = 3 + 3 + 1), one sender per pass, and both at once.
+    for options in ({"batch_size": 3}, {"batch_size": 1}, {"sender_chunk": 1}, {"batch_size": 2, "sender_chunk": 3}):
+        other = fast(**options)
+        assert torch.equal(other.isnan(), whole.isnan())
+        assert torch.allclose(other, whole, rtol=0, atol=1e-5, equal_nan=True), options
+    # The reference in uneven batches too, on a few senders (it is slow): the same scores.
+    lowest = 3 if receivers == "logits" else min(layer for layer, _, _ in receivers)
+    chosen = [(layer, head) for layer, head in [(0, 1), (0, 3), (1, 2), (2, 0)] if layer < lowest]
+    reference = path_patch_reference(
+        model, clean, corrupted, answers, receivers, position, senders=chosen, batch_size=3, progress=False
+    )
+    subset = torch.full_like(whole, float("nan"))
+    for layer, head in chosen:
+        subset[layer, head] = whole[layer, head]
+    assert_same_scores(subset, reference)
+
+
+def test_sender_subset_scores_those_heads_only(sharp_model):
+    model = sharp_model("3L4H48d", 0)
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 5)
+    full = path_patch(model, clean, corrupted, answers, "logits", None, progress=False)
+    chosen = [(2, 3), (0, 1), (1, 0)]
+    subset = path_patch(model, clean, corrupted, answers, "logits", None, senders=chosen, progress=False)
+    reference = path_patch_reference(model, clean, corrupted, answers, "logits", None, senders=chosen, progress=False)
+    mask = torch.zeros_like(full, dtype=torch.bool)
+    for layer, head in chosen:
+        mask[layer, head] = True
+    assert subset[~mask].isnan().all()
+    assert torch.allclose(subset[mask], full[mask], rtol=0, atol=1e-5)
+    assert_same_scores(subset, reference)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Known answers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_corruption_after_the_patch_position_scores_zero(sharp_model, implementation):
+    """If the prompts differ only after p, no head's output at p changes (attention is causal), so patching any
+    sender at p changes nothing: every score is exactly 0 while LD_corrupt != LD_clean keeps it defined."""
+    model = sharp_model("3L4H48d", 0)
+    clean, corrupted, answers, end = make_prompts(model, LENGTHS, 2, corrupt_at=lambda n: [n - 1])
+    position = end - 1
+    scores = implementation(model, clean, corrupted, answers, [(2, 0, "q"), (2, 1, "k")], position, progress=False)
+    assert_nan_from_layer(scores, 2)
+    assert torch.equal(scores[:2], torch.zeros(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_last_layer_query_at_an_earlier_position_scores_zero(sharp_model, implementation):
+    """The logit difference is read at END. A last-layer query at p < END only moves the residual stream at p
+    after the last attention, which no later position reads: every score is exactly 0."""
+    model = sharp_model("3L4H48d", 0)
+    clean, corrupted, answers, end = make_prompts(model, LENGTHS, 2, corrupt_at=corrupt_early)
+    scores = implementation(model, clean, corrupted, answers, LAST_LAYER_Q, end - 1, progress=False)
+    assert_nan_from_layer(scores, 2)
+    assert torch.equal(scores[:2], torch.zeros(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_identical_clean_and_corrupted_prompts_give_undefined_scores(make_model, implementation):
+    """clean == corrupted: LD_corrupt - LD_clean = 0, so the score 0 / 0 is NaN, with a warning saying why."""
+    model = make_model(seed=0, **SHAPES["2L4H64d"])
+    clean, _, answers, _ = make_prompts(model, LENGTHS, 4)
+    with pytest.warns(RuntimeWarning, match="same on clean and corrupted"):
+        scores = implementation(model, clean, clean.clone(), answers, "logits", None, progress=False)
+    assert scores.isnan().all()
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_only_head_of_a_one_layer_model_carries_the_whole_effect(make_model, implementation):
+    """One layer, one head, MLP not frozen, corruption before END: patching the only head at END gives END the
+    corrupted run's residual stream exactly (same token and position there, corrupted attention output, and the
+    MLP responds as in the corrupted run), so LD_patched = LD_corrupt and the score is 1."""
+    model = make_model(n_layer=1, n_head=1, n_embd=64, seed=0)
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 6, corrupt_at=lambda n: [0, n - 3])
+    scores = implementation(model, clean, corrupted, answers, "logits", None, False, progress=False)
+    assert scores.shape == (1, 1)
+    assert abs(scores.item() - 1.0) <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input validation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bad_inputs(model):
+    """(name, arguments as a dict, expected message) for inputs both implementations must refuse."""
+    clean, corrupted, answers, end = make_prompts(model, (6, 5, 6), 0)
+    good = {
+        "clean_tokens": clean,
+        "corrupted_tokens": corrupted,
+        "answer_tokens": answers,
+        "receivers": [(1, 0, "q")],
+        "position": None,
+    }
+    vocab = model.cfg.d_vocab
+    out_of_vocab = clean.clone()
+    out_of_vocab[0, 0] = vocab
+    negative = corrupted.clone()
+    negative[1, 0] = -1
+    cases = [
+        ("component", {"receivers": [(1, 0, "z")]}, "component must be one of q, k, v"),
+        ("receiver string", {"receivers": "resid"}, "receivers must be 'logits'"),
+        ("receiver layer", {"receivers": [(5, 0, "q")]}, r"layer must be an int in \[0, 2\)"),
+        ("receiver head", {"receivers": [(1, 4, "q")]}, r"head must be an int in \[0, 4\)"),
+        ("receiver tuple", {"receivers": [(1, 0)]}, "each receiver must be"),
+        ("no receivers", {"receivers": []}, "receivers is empty"),
+        ("answers 1d", {"answer_tokens": answers[:, 0]}, r"answer_tokens must have shape \[batch, 2\]"),
+        ("answers 3 columns", {"answer_tokens": torch.zeros(3, 3, dtype=torch.long)}, "shape"),
+        ("answers rows", {"answer_tokens": answers[:2]}, r"= \(3, 2\)"),
+        ("answers vocab", {"answer_tokens": torch.full((3, 2), vocab)}, "answer_tokens must be token ids"),
+        ("answers float", {"answer_tokens": answers.float()}, "must hold integers"),
+        ("clean vocab", {"clean_tokens": out_of_vocab}, "clean_tokens must be token ids"),
+        ("corrupted negative", {"corrupted_tokens": negative}, "corrupted_tokens must be token ids"),
+        ("tokens list", {"clean_tokens": clean.tolist()}, "must be a torch LongTensor"),
+        ("tokens 1d", {"clean_tokens": clean[0], "corrupted_tokens": corrupted[0]}, r"shape \[batch, seq\]"),
+        ("shapes differ", {"corrupted_tokens": corrupted[:, :-1]}, "must have the same shape"),
+        ("lengths differ", {"corrupted_tokens": _lengthen(model, corrupted, row=1)}, "real tokens clean but"),
+        ("position beyond END", {"position": end + 1}, "beyond prompt"),
+        ("position negative", {"position": -1}, "must be >= 0"),
+        ("position shape", {"position": torch.tensor([1, 2])}, r"shape \[batch\]"),
+        ("logits not at END", {"receivers": "logits", "position": end - 1}, "position must be that token"),
+        ("freeze not bool", {"freeze_mlps": 1}, "freeze_mlps must be True or False"),
+    ]
+    return good, cases
+
+
+def _lengthen(model, tokens, row):
+    """The same tokens with one more real token at the end of a padded prompt."""
+    longer = tokens.clone()
+    pad = model.tokenizer.pad_token_id
+    first_pad = (longer[row] == pad).nonzero().flatten()[0]
+    longer[row, first_pad] = 7
+    return longer
+
+
+BAD_INPUT_NAMES = [
+    "component",
+    "receiver string",
+    "receiver layer",
+    "receiver head",
+    "receiver tuple",
+    "no receivers",
+    "answers 1d",
+    "answers 3 columns",
+    "answers rows",
+    "answers vocab",
+    "answers float",
+    "clean vocab",
+    "corrupted negative",
+    "tokens list",
+    "tokens 1d",
+    "shapes differ",
+    "lengths differ",
+    "position beyond END",
+    "position negative",
+    "position shape",
+    "logits not at END",
+    "freeze not bool",
+]
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_good_inputs_of_the_validation_cases_are_accepted(make_model, implementation):
+    """Each refusal below changes one argument of these, so it is that argument the message is about."""
+    model = make_model(**SHAPES["2L4H64d"])
+    good, cases = _bad_inputs(model)
+    assert sorted(name for name, _, _ in cases) == sorted(BAD_INPUT_NAMES)
+    scores = implementation(model, **good, progress=False)
+    assert_nan_from_layer(scores, 1)
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+@pytest.mark.parametrize("name", BAD_INPUT_NAMES)
+def test_bad_inputs_are_refused_with_a_clear_message(make_model, implementation, name):
+    model = make_model(**SHAPES["2L4H64d"])
+    good, cases = _bad_inputs(model)
+    change, message = next((change, message) for case, change, message in cases if case == name)
+    with pytest.raises(ValueError, match=message):
+        implementation(model, **{**good, **change}, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("senders", "message"),
+    [([(1, 0)], r"below the lowest receiver layer \(1\)"), ([(0, 9)], "head must be"), ([(0,)], "each sender")],
+)
+def test_bad_senders_are_refused(make_model, senders, message):
+    model = make_model(**SHAPES["2L4H64d"])
+    clean, corrupted, answers, _ = make_prompts(model, (6, 6), 0)
+    for implementation in (path_patch, path_patch_reference):
+        with pytest.raises(ValueError, match=message):
+            implementation(model, clean, corrupted, answers, [(1, 0, "q")], None, senders=senders, progress=False)
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch_size", 0), ("sender_chunk", 0), ("batch_size", 2.5)])
+def test_bad_batching_options_are_refused(make_model, option, value):
+    model = make_model(**SHAPES["2L4H64d"])
+    clean, corrupted, answers, _ = make_prompts(model, (6, 6), 0)
+    with pytest.raises(ValueError, match=option):
+        path_patch(model, clean, corrupted, answers, "logits", None, progress=False, **{option: value})
+
+
+def test_no_warning_on_a_well_defined_job(make_model):
+    model = make_model(**SHAPES["2L4H64d"])
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        path_patch(model, clean, corrupted, answers, "logits", None, progress=False)
