@@ -34,16 +34,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return validate_config(yaml.safe_load(path.read_text()) or {})
 
 
-# Mappings whose order means something: the first task is `task_a` of the overlap, and models and tasks are
-# listed, plotted and tabulated in config order.
-ORDERED_SECTIONS = ("models", "tasks")
+# Mappings whose order means something: the first task is `task_a` of the overlap; models, tasks and the
+# intervention's conditions are run, tabulated and plotted in config order.
+ORDERED_MAPPINGS = {("models",), ("tasks",), ("intervention", "conditions")}
 
 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return a copy of `config` with defaults filled in and keys in canonical order, or raise ConfigError
     listing every problem.
 
-    Keys are sorted everywhere except the order of `models` and `tasks` themselves, so that a config
+    Keys are sorted everywhere except in ORDERED_MAPPINGS, so that a config
     whose keys were merely reordered (by hand, or by a YAML writer) gives rules the same parameters and
     reruns nothing.
     """
@@ -55,19 +55,15 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     if errors:
         lines = [_describe(error) for error in errors]
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    return {
-        key: {name: _sorted_keys(entry) for name, entry in filled[key].items()}
-        if key in ORDERED_SECTIONS
-        else _sorted_keys(filled[key])
-        for key in sorted(filled)
-    }
+    return _canonical_order(filled)
 
 
-def _sorted_keys(value: Any) -> Any:
+def _canonical_order(value: Any, path: tuple[str, ...] = ()) -> Any:
     if isinstance(value, dict):
-        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+        keys = list(value) if path in ORDERED_MAPPINGS else sorted(value)
+        return {key: _canonical_order(value[key], (*path, key)) for key in keys}
     if isinstance(value, list):
-        return [_sorted_keys(item) for item in value]
+        return [_canonical_order(item, (*path, "[]")) for item in value]
     return value
 
 

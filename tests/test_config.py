@@ -52,6 +52,8 @@ def test_reordered_keys_give_the_same_config_but_models_and_tasks_keep_their_ord
     assert repr(shuffled["models"]["gpt2-small"]) == repr(original["models"]["gpt2-small"])
     assert repr(shuffled["discovery"]) == repr(original["discovery"])
     assert list(shuffled) == list(original) == sorted(original)
+    # The intervention's conditions run and are tabulated in config order.
+    assert list(original["intervention"]["conditions"]) == ["inhibition", "negative_mover", "both"]
 
 
 def _error(config) -> str:
