@@ -1,6 +1,7 @@
 """The checks that tests/slurm/run_slurm_test.sh runs after its two runs, on made-up logs and directories."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,22 @@ def test_an_empty_local_run_is_a_failure(tmp_path):
     (tmp_path / "slurm").mkdir()
     _, problems = verify.compare_outputs(tmp_path / "local", tmp_path / "slurm")
     assert problems == ["the local run wrote nothing under results, figures"]
+
+
+def _executed_notebook(output: str, started: str) -> str:
+    cell = {
+        "cell_type": "code", "execution_count": 1, "id": "c1", "source": "print(1)",
+        "metadata": {"papermill": {"start_time": started, "duration": 0.5}},
+        "outputs": [{"output_type": "stream", "name": "stdout", "text": output}],
+    }  # fmt: skip
+    return json.dumps({"cells": [cell], "metadata": {"papermill": {"start_time": started}}, "nbformat": 4})
+
+
+def test_executed_notebooks_are_compared_without_their_run_times(tmp_path):
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    _write(local, {"results/notebooks/01.ipynb": _executed_notebook("1\n", "2026-01-01T10:00")})
+    _write(slurm, {"results/notebooks/01.ipynb": _executed_notebook("1\n", "2026-01-01T11:30")})
+    assert verify.compare_outputs(local, slurm)[1] == []
+
+    _write(slurm, {"results/notebooks/01.ipynb": _executed_notebook("2\n", "2026-01-01T11:30")})
+    assert verify.compare_outputs(local, slurm)[1][0].startswith("results/notebooks/01.ipynb: DIFFERENT")

@@ -7,7 +7,9 @@ SLURM profile). It checks that
    the SLURM job id of each), and at least one was;
 2. sacct lists exactly those SLURM jobs under the run's ID (the job name the plugin gives every job
    of one run), all COMPLETED;
-3. every file under results/ and figures/ is byte-identical (sha256) in the local and the SLURM run.
+3. every file under results/ and figures/ is byte-identical (sha256) in the local and the SLURM run,
+   except that an executed notebook is compared without its metadata (papermill records when and how long
+   each cell ran there): its cells, their sources and their outputs must be identical.
 
 It prints the sacct listing and the comparison, and exits with status 1 if any check fails.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -113,13 +116,21 @@ def check_sacct(run: SnakemakeRun, since: str, attempts: int = 10) -> list[str]:
     return problems
 
 
+def notebook_content(path: Path) -> bytes:
+    """An executed notebook's cells (source, outputs, execution counts) without any metadata."""
+    notebook = json.loads(path.read_text())
+    cells = [{key: value for key, value in cell.items() if key not in ("metadata", "id")} for cell in notebook["cells"]]
+    return json.dumps(cells, sort_keys=True).encode()
+
+
 def digests(workdir: Path) -> dict[str, str]:
     """sha256 of every file under the run's output directories, by path relative to the working directory."""
     found = {}
     for name in OUTPUT_DIRS:
         for path in sorted((workdir / name).rglob("*")):
             if path.is_file():
-                found[path.relative_to(workdir).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+                content = notebook_content(path) if path.suffix == ".ipynb" else path.read_bytes()
+                found[path.relative_to(workdir).as_posix()] = hashlib.sha256(content).hexdigest()
     return found
 
 
