@@ -116,6 +116,8 @@ def paper_comparison(
     baselines: pd.DataFrame | None = None,
     overlap: Iterable[pd.DataFrame] = (),
     intervention: Iterable[pd.DataFrame] = (),
+    controls: Iterable[pd.DataFrame] = (),
+    spearman: Iterable[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """`compare_to_paper` on the headline numbers of explicit tables (see `headline_rows`)."""
-    return compare_to_paper(headline_rows(baselines, overlap, intervention), models)
+    return compare_to_paper(headline_rows(baselines, overlap, intervention, controls, spearman), models)

@@ -81,19 +81,45 @@ def _intervention_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+# The movers' change the headline Spearman is read from: their direct logit attribution (answer - wrong),
+# the change the paper correlates with path-patching importance.
+SPEARMAN_METRIC = "d_dla"
+
+
+def _control_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"model": record["model"], "family": "intervention", "metric": f"{record['condition']}.random_accuracy",
+         "value": float(record["random_mean"])}
+        for record in table[table["status"] == "ran"].to_dict("records")
+    ]  # fmt: skip
+
+
+def _spearman_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    chosen = table[(table["metric"] == SPEARMAN_METRIC) & (table["status"] == "ok")]
+    return [
+        {"model": record["model"], "family": "movers", "metric": f"{record['condition']}.spearman_rho",
+         "value": float(record["rho"])}
+        for record in chosen.to_dict("records")
+    ]  # fmt: skip
+
+
 def headline_rows(
     baselines: pd.DataFrame | None = None,
     overlap: Iterable[pd.DataFrame] = (),
     intervention: Iterable[pd.DataFrame] = (),
+    controls: Iterable[pd.DataFrame] = (),
+    spearman: Iterable[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
     task (`baselines`, the workflow's baselines table), the overlap of the two circuits (one overlap summary
-    per model) and the intervention's accuracy per condition that ran (one accuracy table per model)."""
+    per model), the intervention's accuracy per condition that ran (one accuracy table per model), the
+    random-head controls' mean accuracy (`controls`: controls_summary tables) and the movers' Spearman rho
+    of their logit-attribution change against importance (`spearman`: movers_spearman tables)."""
     rows = [] if baselines is None else _baseline_rows(baselines)
-    for table in overlap:
-        rows += _overlap_rows(table)
-    for table in intervention:
-        rows += _intervention_rows(table)
+    for tables, build in ((overlap, _overlap_rows), (intervention, _intervention_rows), (controls, _control_rows),
+                          (spearman, _spearman_rows)):  # fmt: skip
+        for table in tables:
+            rows += build(table)
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
 
 
@@ -108,6 +134,8 @@ def headline_numbers(results: str | os.PathLike) -> pd.DataFrame:
         read_parquet(baselines) if baselines.exists() else None,
         [read_parquet(path) for path in sorted(results.glob("overlap/*/summary.parquet"))],
         [read_parquet(path) for path in sorted(results.glob("intervention/*/accuracy.parquet"))],
+        [read_parquet(path) for path in sorted(results.glob("intervention/*/controls_summary.parquet"))],
+        [read_parquet(path) for path in sorted(results.glob("intervention/*/movers_spearman.parquet"))],
     )
 
 

@@ -90,3 +90,19 @@ def test_compare_to_paper_is_deterministic_and_ordered_by_family():
     first = compare_to_paper(headline, {"m": MEDIUM_RANDOM})
     pd.testing.assert_frame_equal(first, compare_to_paper(headline, {"m": MEDIUM_RANDOM}))
     assert list(dict.fromkeys(first["family"])) == ["baseline", "overlap", "intervention", "movers"]
+
+
+def test_random_head_control_and_mover_spearman_are_compared():
+    controls = pd.DataFrame(
+        [{"model": "m", "condition": "content_gatherers_blocked", "status": "ran", "random_mean": 0.5},
+         {"model": "m", "condition": "both", "status": "skipped: no heads", "random_mean": np.nan}]
+    )  # fmt: skip
+    spearman = pd.DataFrame(
+        [{"model": "m", "condition": "both", "metric": "d_dla", "rho": 0.6, "status": "ok"},
+         {"model": "m", "condition": "both", "metric": "d_attn_wrong", "rho": -0.9, "status": "ok"}]
+    )  # fmt: skip
+    table = paper_comparison({"m": MEDIUM_RANDOM}, controls=[controls], spearman=[spearman]).set_index("metric")
+    control = table.loc["content_gatherers_blocked.random_accuracy"]
+    assert (control["run"], control["paper"]) == (50.0, 49.9) and control["gap"] == pytest.approx(0.1)
+    rho = table.loc["both.spearman_rho"]  # the logit-attribution change, not the attention one
+    assert (rho["run"], rho["paper"]) == (0.6, 0.69) and rho["gap"] == pytest.approx(-0.09)

@@ -183,6 +183,8 @@ rule notebook_paper_comparison:
         baselines=baseline_table_path(),
         overlap=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS] if OVERLAP_TASKS else [],
         intervention=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
+        controls=[f"{intervention_dir(m)}/controls_summary.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
+        spearman=[f"{intervention_dir(m)}/movers_spearman.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
     output:
         notebook=executed_notebook("07_paper_comparison"),
         **figure_outputs("paper_comparison", "paper_comparison", "7. This run beside the paper"),
@@ -192,6 +194,8 @@ rule notebook_paper_comparison:
             "baselines": input.baselines,
             "overlap": list(input.overlap),
             "intervention": list(input.intervention),
+            "controls": list(input.controls),
+            "spearman": list(input.spearman),
             "models": {name: dict(spec) for name, spec in config["models"].items()},
             **stems(output),
         },
