@@ -2,8 +2,9 @@
 
 A seeded random model with GPT-2 medium's shape (24 layers x 16 heads, d_model 1024; the library's random
 stand-in, whose shape is checked against the real gpt2-medium config) runs N Colored Objects prompts (62 real
-tokens each, the library's generator with the real tokenizer). For two stages, the logits stage and a query
-stage with three late mover heads as receivers, it times the reference on a fixed sample of senders and the
+tokens each, the library's generator with the real tokenizer). For three stages (the logits; the queries of
+three late mover heads at END; the keys and values of the paper's inhibition heads at the question's object)
+it times the reference on a fixed sample of senders and the
 fast implementation on every sender of the stage, on the same inputs, and prints a table: seconds per sender,
 their ratio, the largest score difference on the sampled senders, peak memory, and the time the paper's whole
 workload would take with each implementation.
@@ -34,8 +35,17 @@ from circuit_reuse.datasets import make_dataset
 from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, resolve_tokenizer_dir
 
 ARCHITECTURE = "gpt2-medium"
-# q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17).
+# q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17), at END.
 MOVER_QUERIES = [(15, 14, "q"), (16, 15, "q"), (17, 4, "q")]
+# k and v receivers for the key/value stage: the paper's inhibition heads, at the question's object, as in the
+# Colored Objects stage that finds induction and duplicate-token heads.
+INHIBITION_KEYS_VALUES = [(layer, head, part) for layer, head in ((12, 3), (13, 4), (13, 13)) for part in "kv"]
+# stage -> (receivers, the dataset role patched, the name printed)
+STAGES = {
+    "logits": ("logits", "END", "logits (END)"),
+    "query": (MOVER_QUERIES, "END", "q of 15.14 16.15 17.4"),
+    "keyvalue": (INHIBITION_KEYS_VALUES, "question_object", "k,v of 12.3 13.4 13.13 @obj"),
+}
 
 # The paper's workload, for the extrapolation. Per model: (name, n_layers, n_heads, d_model) and, per task, the
 # sender count of each stage: the logits stage has every head as a sender, a later stage the heads below its
@@ -43,6 +53,7 @@ MOVER_QUERIES = [(15, 14, "q"), (16, 15, "q"), (17, 4, "q")]
 # gatherers from 11, induction from 9) and Wang et al.'s (small: movers from 9, S-inhibition from 7, induction
 # from 5); the discovered circuits may differ.
 PAPER_N = 1000
+KEY_VALUE_STAGES = ("induction", "previous_token")
 PAPER_WORKLOAD = {
     ("gpt2-small", 12, 12, 768): {
         "ioi": {"movers": 144, "inhibition": 9 * 12, "induction": 7 * 12, "previous_token": 5 * 12},
@@ -66,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default=None, help="where to cache the random model (default: a temp dir)")
     parser.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer directory ($CIRCUIT_REUSE_TOKENIZER)")
     parser.add_argument("--seed", type=int, default=42, help="dataset seed (the paper's Colored Objects seed)")
-    parser.add_argument("--stages", default="logits,query", help="comma-separated: logits, query")
+    parser.add_argument("--stages", default="logits,query,keyvalue", help="comma-separated: logits, query, keyvalue")
     return parser.parse_args(argv)
 
 
@@ -142,15 +153,14 @@ def sample_senders(senders: list[tuple[int, int]], k: int) -> list[tuple[int, in
     return [senders[round(i * step)] for i in range(k)]
 
 
-def run_stage(model, dataset, receivers, args) -> dict:
+def run_stage(model, dataset, receivers, role: str, args) -> dict:
     cfg = model.cfg
     lowest = cfg.n_layers if receivers == "logits" else min(layer for layer, _, _ in receivers)
     all_senders = [(layer, head) for layer in range(lowest) for head in range(cfg.n_heads)]
     sampled = sample_senders(all_senders, args.reference_senders)
     batch_size = args.batch_size or len(dataset)
-    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.answer_tokens, receivers, dataset.end)
-    if receivers == "logits":
-        inputs = inputs[:4] + (None,)
+    position = None if receivers == "logits" else dataset.positions[role]
+    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.answer_tokens, receivers, position)
     common = {"batch_size": batch_size, "end_positions": dataset.end, "progress": False}
 
     reset_peak_memory(args.device)
@@ -200,12 +210,15 @@ def extrapolate(per_sender_prompt: dict[str, float]) -> tuple[float, list[str]]:
         for stages in tasks.values():
             for stage, senders in stages.items():
                 kind = "logits" if stage == "movers" else "query"
+                if stage in KEY_VALUE_STAGES and "keyvalue" in per_sender_prompt:
+                    kind = "keyvalue"
                 total += per_sender_prompt[kind] * scale * senders * PAPER_N
     assumptions = [
         f"paper's workload: GPT-2 small and medium x IOI (4 stages) and Colored Objects (3 stages), N = {PAPER_N}",
         "senders per stage: all heads to the logits; below the lowest receiver layer otherwise "
         "(medium movers from layer 15, inhibition 12, content gatherers 11, induction 9; small 9, 7, 5)",
-        "time linear in senders x prompts; k/v stages cost per sender what the measured query stage does",
+        "time linear in senders x prompts; the induction and previous-token (k/v) stages cost per sender what "
+        "the measured key/value stage does (the query stage's where that was not measured)",
         "GPT-2 small scaled by its per-token compute (12 x 768^2) / (24 x 1024^2) = 0.28; prompts as long as "
         "Colored Objects' (IOI's are shorter, which helps the reference more than the fast path)",
     ]
@@ -220,9 +233,9 @@ def main(argv=None) -> int:
     if tokenizer_dir is None:
         raise SystemExit("set CIRCUIT_REUSE_TOKENIZER (or --tokenizer) to the GPT-2 tokenizer directory")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"logits", "query"}
+    unknown = set(stages) - set(STAGES)
     if unknown:
-        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from logits, query")
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
 
     shape_note = check_shape_against_real_config()
     with tempfile.TemporaryDirectory(prefix="benchmark-patching-") as tmp:
@@ -243,22 +256,21 @@ def main(argv=None) -> int:
         with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
             model(dataset.clean_tokens[:2].to(device))
 
-        stage_receivers = {"logits": "logits", "query": MOVER_QUERIES}
         results = {}
         for stage in stages:
-            results[stage] = run_stage(model, dataset, stage_receivers[stage], args)
+            receivers, role, _ = STAGES[stage]
+            results[stage] = run_stage(model, dataset, receivers, role, args)
 
     print()
     header = (
-        f"{'stage':<24}{'senders':>8}{'ref s/sender':>14}{'fast s/sender':>15}{'ratio':>9}"
+        f"{'stage':<30}{'senders':>8}{'ref s/sender':>14}{'fast s/sender':>15}{'ratio':>9}"
         f"{'max |diff|':>12}{'max |score|':>12}{'fast peak MiB':>15}{'ref peak MiB':>14}"
     )
     print(header)
     print("-" * len(header))
-    names = {"logits": "logits (END)", "query": "q of 15.14 16.15 17.4"}
     for stage, r in results.items():
         print(
-            f"{names[stage]:<24}{r['senders']:>8}{r['reference_per_sender']:>14.3f}{r['fast_per_sender']:>15.5f}"
+            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['reference_per_sender']:>14.3f}{r['fast_per_sender']:>15.5f}"
             f"{r['ratio']:>8.0f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}"
             f"{r['fast_memory']:>15.0f}{r['reference_memory']:>14.0f}"
         )
@@ -278,7 +290,7 @@ def main(argv=None) -> int:
     )
     print(f"peak memory: {memory_kind}.")
 
-    if set(results) == {"logits", "query"}:
+    if {"logits", "query"} <= set(results):
         per_sender_prompt = {
             implementation: {kind: results[kind][f"{implementation}_per_sender"] / len(dataset) for kind in results}
             for implementation in ("reference", "fast")
