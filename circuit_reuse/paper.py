@@ -3,7 +3,8 @@
 `PAPER_NUMBERS` restates the numbers of Merullo et al. (ICLR 2024) that this workflow measures, one row per
 (paper model, family, metric), in the units the comparison uses: accuracies and rates in percent, logit
 differences in logits, the overlap's IoU as a fraction and head counts in heads. Metric names are those of
-`circuit_reuse.replicates.headline_rows`, so a run's headline numbers line up with them.
+`circuit_reuse.replicates.headline_rows`, so a run's headline numbers line up with them:
+`compare_to_paper(headline_rows(baselines, overlap, ...), models)`.
 
 A run's model is matched to a paper model by its config spec: a `hub_id` (pretrained weights) or an
 `architecture` (random or local weights of that shape) equal to "gpt2" or "gpt2-medium". Any other model has
@@ -12,13 +13,11 @@ no paper value. A matched model with random weights is a stand-in: its numbers s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from circuit_reuse.replicates import headline_rows
 
 PAPER_MODELS = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium"}
 PAPER_COLUMNS = ["model", "family", "metric", "value", "unit", "source"]
@@ -109,15 +108,3 @@ def compare_to_paper(headline: pd.DataFrame, models: Mapping[str, Mapping[str, A
     table["_family"] = table["family"].map(order)
     table = table.sort_values(["model", "_family"], kind="stable").drop(columns="_family")
     return table.reset_index(drop=True)
-
-
-def paper_comparison(
-    models: Mapping[str, Mapping[str, Any]],
-    baselines: pd.DataFrame | None = None,
-    overlap: Iterable[pd.DataFrame] = (),
-    intervention: Iterable[pd.DataFrame] = (),
-    controls: Iterable[pd.DataFrame] = (),
-    spearman: Iterable[pd.DataFrame] = (),
-) -> pd.DataFrame:
-    """`compare_to_paper` on the headline numbers of explicit tables (see `headline_rows`)."""
-    return compare_to_paper(headline_rows(baselines, overlap, intervention, controls, spearman), models)

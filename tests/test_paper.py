@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from circuit_reuse.paper import PAPER_NUMBERS, compare_to_paper, paper_comparison, paper_model
+from circuit_reuse.paper import PAPER_NUMBERS, compare_to_paper, paper_model
+from circuit_reuse.replicates import headline_rows
 
 MEDIUM_RANDOM = {"source": "random", "architecture": "gpt2-medium", "seed": 1}
 SMALL_HUB = {"source": "hub", "hub_id": "gpt2", "revision": "main"}
@@ -52,7 +53,7 @@ def test_models_match_the_paper_by_hub_id_or_architecture(spec, expected):
 
 
 def test_overlap_gap_in_the_papers_unit():
-    table = paper_comparison({"m": MEDIUM_RANDOM}, overlap=[_overlap("m", 0.5)])
+    table = compare_to_paper(headline_rows(overlap=[_overlap("m", 0.5)]), {"m": MEDIUM_RANDOM})
     row = table.set_index("metric").loc["iou"]
     assert (row["run"], row["paper"], row["gap"]) == (0.5, 0.78125, -0.28125)
     assert row["paper_model"] == "gpt2-medium" and row["weights"] == "random"
@@ -62,7 +63,7 @@ def test_overlap_gap_in_the_papers_unit():
 
 def test_accuracies_are_compared_in_percent_and_skipped_conditions_have_no_value():
     accuracy = _accuracy("m", [("none", "ran", 0.5), ("both", "ran", 0.9), ("negative_mover", "skipped", np.nan)])
-    table = paper_comparison({"m": MEDIUM_RANDOM}, intervention=[accuracy]).set_index("metric")
+    table = compare_to_paper(headline_rows(intervention=[accuracy]), {"m": MEDIUM_RANDOM}).set_index("metric")
     assert table.loc["none.accuracy", "gap"] == pytest.approx(50.0 - 49.6)
     assert table.loc["both.accuracy", "gap"] == pytest.approx(90.0 - 93.7)
     assert table.loc["both.introduced", "gap"] == 0.0
@@ -71,7 +72,7 @@ def test_accuracies_are_compared_in_percent_and_skipped_conditions_have_no_value
 
 def test_small_gets_the_ioi_baseline_and_an_unmatched_model_no_paper_value():
     baselines = pd.concat([_baselines("s", "ioi", 3.0, 0.8), _baselines("x", "ioi", 1.0, 0.2)])
-    table = paper_comparison({"s": SMALL_HUB, "x": OTHER}, baselines=baselines)
+    table = compare_to_paper(headline_rows(baselines), {"s": SMALL_HUB, "x": OTHER})
     small = table[table["model"] == "s"].set_index("metric")
     assert set(small.index) == {"ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean"}
     assert small.loc["ioi.logit_diff_mean", "gap"] == pytest.approx(3.0 - 3.56)
@@ -101,7 +102,8 @@ def test_random_head_control_and_mover_spearman_are_compared():
         [{"model": "m", "condition": "both", "metric": "d_dla", "rho": 0.6, "status": "ok"},
          {"model": "m", "condition": "both", "metric": "d_attn_wrong", "rho": -0.9, "status": "ok"}]
     )  # fmt: skip
-    table = paper_comparison({"m": MEDIUM_RANDOM}, controls=[controls], spearman=[spearman]).set_index("metric")
+    headline = headline_rows(controls=[controls], spearman=[spearman])
+    table = compare_to_paper(headline, {"m": MEDIUM_RANDOM}).set_index("metric")
     control = table.loc["content_gatherers_blocked.random_accuracy"]
     assert (control["run"], control["paper"]) == (50.0, 49.9) and control["gap"] == pytest.approx(0.1)
     rho = table.loc["both.spearman_rho"]  # the logit-attribution change, not the attention one
