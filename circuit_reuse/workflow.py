@@ -8,10 +8,9 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-if TYPE_CHECKING:
-    import pandas as pd
+import pandas as pd
 
 # Job classes of the config's `resources` section; every rule names one (see workflow/rules/common.smk).
 JOB_CLASSES = ("light", "model", "cache")
@@ -125,8 +124,6 @@ def job_times(run_dir: str | Path) -> pd.DataFrame:
     One row per job: rule, job (the benchmark file's path under the rule, i.e. its wildcards), seconds and
     max_rss_mb, slowest first.
     """
-    import pandas as pd
-
     root = Path(run_dir) / "benchmarks"
     rows = []
     for path in sorted(root.rglob("*.tsv")):
