@@ -228,7 +228,7 @@ def test_senders_in_the_only_receiver_layer_score_exactly_zero(sharp_model, impl
     below = implementation(
         model, clean, corrupted, answers, LAST_LAYER_Q, None, sender_set="below_lowest", progress=False
     )
-    assert torch.allclose(below[:2], authors[:2], rtol=0, atol=1e-5)
+    assert torch.allclose(below[:2], authors[:2], rtol=0, atol=TOLERANCE)
     assert below[:2].abs().max() > 100 * TOLERANCE
 
 
@@ -244,10 +244,10 @@ def test_senders_in_the_lowest_of_two_receiver_layers_reach_the_higher_one(sharp
     upper_only = implementation(
         model, clean, corrupted, answers, [(2, 0, "k")], None, senders=[(1, 0), (1, 1), (1, 3)], progress=False
     )
-    assert torch.allclose(authors[1, [0, 1, 3]], upper_only[1, [0, 1, 3]], rtol=0, atol=1e-5)
+    assert torch.allclose(authors[1, [0, 1, 3]], upper_only[1, [0, 1, 3]], rtol=0, atol=TOLERANCE)
     any_path = implementation(model, clean, corrupted, answers, TWO_LAYERS, None, sender_set="any_path", progress=False)
     assert torch.equal(authors.isnan(), any_path.isnan())  # the highest receiver layer is the lowest + 1 here
-    assert torch.allclose(authors, any_path, rtol=0, atol=1e-5, equal_nan=True)
+    assert torch.allclose(authors, any_path, rtol=0, atol=TOLERANCE, equal_nan=True)
 
 
 @pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
@@ -268,7 +268,7 @@ def test_batch_mean_is_the_mean_of_each_batchs_pooled_score(sharp_model, impleme
     batch_mean = run(slice(None), averaging="batch_mean", averaging_batch_size=3)
     per_batch = [run(slice(start, start + 3), averaging="pooled") for start in (0, 3, 6)]
     expected = torch.stack(per_batch).mean(dim=0)
-    assert torch.allclose(batch_mean, expected, rtol=0, atol=1e-9, equal_nan=True)
+    assert torch.allclose(batch_mean, expected, rtol=0, atol=TOLERANCE, equal_nan=True)
     pooled = run(slice(None), averaging="pooled")
     assert (batch_mean - pooled).abs().nan_to_num().max() > 100 * TOLERANCE, "the two averagings differ here"
     one_batch = run(slice(None), averaging="batch_mean", averaging_batch_size=len(lengths))
