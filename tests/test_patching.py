@@ -154,17 +154,14 @@ QKV_CASES = [
     ("2L4H64d", 1, SAME_HEAD_ALL, False, "earlier", "below_lowest", "pooled"),
     ("2L4H64d", 0, SAME_HEAD_ALL, True, "END", "authors", "batch_mean"),
     ("3L4H48d", 0, LAST_LAYER_Q, True, "END", "authors", "pooled"),
-    ("3L4H48d", 1, LAST_LAYER_Q, False, "END", "any_path", "batch_mean"),
     ("3L4H48d", 1, TWO_LAYERS, True, "earlier", "authors", "batch_mean"),
     ("3L4H48d", 0, TWO_LAYERS, False, "END", "any_path", "pooled"),
     ("3L4H48d", 0, MIXED, False, "earlier", "any_path", "batch_mean"),
     ("3L4H48d", 1, MIXED, True, "earlier", "below_lowest", "pooled"),
-    ("3L4H48d", 0, MIXED, True, "END", "authors", "pooled"),
     ("4L4H32d", 0, THREE_LAYERS, False, "earlier", "authors", "pooled"),
     ("4L4H32d", 1, THREE_LAYERS, True, "END", "any_path", "batch_mean"),
     ("4L4H32d", 0, THREE_LAYERS_QUERIES, True, "END", "authors", "batch_mean"),
     ("4L4H32d", 1, THREE_LAYERS_QUERIES, False, "END", "below_lowest", "pooled"),
-    ("4L4H32d", 1, THREE_LAYERS, False, "earlier", "below_lowest", "batch_mean"),
 ]
 
 
