@@ -75,7 +75,9 @@ NOTEBOOKS_OUT_DIR = "results/notebooks"
 # Circuit discovery: each task's stages, checked once when the workflow is read.
 
 try:
-    STAGES = {task: parse_stages(task, config["discovery"]["stages"][task]) for task in TASKS}
+    STAGES = {
+        task: parse_stages(task, config["discovery"]["stages"][task], config["discovery"]["senders"]) for task in TASKS
+    }
 except KeyError as missing:
     raise WorkflowError(f"invalid config:\n  discovery.stages: no stages for task {missing}") from None
 except StageError as error:
