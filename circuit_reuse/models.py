@@ -8,10 +8,12 @@ without internet never touch the Hub, and a file that changed after caching is c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,11 @@ import torch
 from circuit_reuse.io import read_json, versions, write_json
 
 MANIFEST_NAME = "manifest.json"
+# Written into every cache directory this module builds: the one mark that it may replace the directory.
+# The manifest is not enough, since Snakemake deletes a job's outputs, the manifest among them, first.
+OWNER_MARKER = ".circuit-reuse-cache"
+# Temporary build directories are named .{dest}.partial-XXXX, beside their destination.
+PARTIAL_SUFFIX = ".partial-"
 TOKENIZER_ENV = "CIRCUIT_REUSE_TOKENIZER"
 
 # Shapes of the four released GPT-2 sizes; every other field is GPT2Config's default, which is GPT-2's.
@@ -95,9 +102,13 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
     """Resolve `spec` into a Hugging Face directory at `dest` with a manifest, and return the manifest.
 
     The directory is built beside `dest` and renamed into place at the end, so an interrupted run leaves
-    no half-written cache behind. An existing cache whose manifest still matches is kept as it is.
+    no half-written cache behind (and what an earlier, killed run left there is removed first). An existing
+    cache whose manifest still matches is kept as it is; a stale one is rebuilt. A non-empty directory at
+    `dest` that this function did not create (it carries neither a manifest nor OWNER_MARKER) is refused,
+    never deleted.
     """
     dest = Path(dest)
+    _refuse_foreign_destination(dest)
     if (dest / MANIFEST_NAME).is_file():
         try:
             manifest = verify_cache(dest)
@@ -108,8 +119,8 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
                 return manifest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        work = Path(tmp) / "model"
+    with building_beside(dest) as tmp:
+        work = tmp / "model"
         work.mkdir()
         if spec.source == "hub":
             _fetch_from_hub(spec, work)
@@ -130,10 +141,34 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
                     shutil.copy2(tokenizer_path / name, work / name)
         _check_architecture(spec, work)
         manifest = _write_manifest(spec, work)
+        (work / OWNER_MARKER).write_text("written by circuit_reuse.models.cache_model; the cache may replace this directory\n")
         if dest.exists():
             shutil.rmtree(dest)
         work.rename(dest)
     return manifest
+
+
+@contextlib.contextmanager
+def building_beside(dest: Path) -> Iterator[Path]:
+    """A temporary directory beside `dest` to build it in, removed on exit. Those that a killed earlier
+    build of `dest` left behind are removed first (a build of one destination runs once at a time: the
+    workflow's lock sees to that)."""
+    for leftover in dest.parent.glob(f".{dest.name}{PARTIAL_SUFFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}{PARTIAL_SUFFIX}") as tmp:
+        yield Path(tmp)
+
+
+def _refuse_foreign_destination(dest: Path) -> None:
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    if (dest / MANIFEST_NAME).is_file() or (dest / OWNER_MARKER).is_file():
+        return
+    raise ModelCacheError(
+        f"{dest} exists and was not created by the model cache (it holds no {MANIFEST_NAME} or {OWNER_MARKER}); "
+        "it is left untouched. Move it away, or point `model_cache:` in the config elsewhere; to use the "
+        f"model inside it, set `source: local` and `path: {dest}` for the model"
+    )
 
 
 def verify_cache(model_dir: str | os.PathLike) -> dict:

@@ -100,6 +100,41 @@ def test_caching_again_keeps_a_valid_cache_and_rebuilds_a_damaged_one(tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary directory left behind"
 
 
+def test_a_directory_the_cache_did_not_create_is_refused_and_left_intact(tmp_path, tokenizer_dir):
+    spec = ModelSpec(name="mine", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("my own files")
+    (dest / "model.safetensors").write_bytes(b"my weights")
+    with pytest.raises(ModelCacheError, match="was not created by the model cache") as raised:
+        cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    assert f"path: {dest}" in str(raised.value)
+    assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert (dest / "notes.txt").read_text() == "my own files"
+    assert (dest / "model.safetensors").read_bytes() == b"my weights"
+
+
+def test_a_cache_whose_manifest_snakemake_removed_is_rebuilt(tmp_path, tokenizer_dir):
+    # Snakemake deletes a job's outputs (the manifest) before rerunning it; the owner mark remains.
+    spec = ModelSpec(name="x", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    dest = tmp_path / "x"
+    cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    (dest / "manifest.json").unlink()
+    cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    verify_cache(dest)
+
+
+def test_what_a_killed_build_left_behind_is_removed_on_the_next_run(tmp_path, tokenizer_dir):
+    spec = ModelSpec(name="x", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    leftover = tmp_path / ".x.partial-abc123" / "model"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half a file")
+    other_model = tmp_path / ".x2.partial-def456"  # another model's build is not touched
+    other_model.mkdir()
+    cache_model(spec, tmp_path / "x", tokenizer_dir=tokenizer_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x2.partial-def456", "x"]
+
+
 def test_local_source_copies_a_hugging_face_directory(tmp_path, cached_tiny_model):
     hf_dir = tmp_path / "hf"
     shutil.copytree(cached_tiny_model, hf_dir)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,13 +151,12 @@ def cache_tokenizer(
     fingerprint that every dataset built from it carries.
     """
     from circuit_reuse.io import versions, write_json
-    from circuit_reuse.models import resolve_tokenizer_dir
+    from circuit_reuse.models import building_beside, resolve_tokenizer_dir
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     source = resolve_tokenizer_dir(tokenizer_dir)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        work = Path(tmp)
+    with building_beside(dest) as work:
         if source is not None:
             for name in TOKENIZER_FILES:
                 if (source / name).is_file():
