@@ -100,7 +100,9 @@ def path_problems(config: Mapping[str, Any]) -> list[str]:
         if not source.is_dir():
             problems.append(f"models.{name}.path: {os.fspath(source)!r} is not a directory")
         elif not (source / "config.json").is_file():
-            problems.append(f"models.{name}.path: {os.fspath(source)!r} holds no config.json (not a Hugging Face model)")
+            problems.append(
+                f"models.{name}.path: {os.fspath(source)!r} holds no config.json (not a Hugging Face model)"
+            )
     return problems
 
 
@@ -160,7 +162,8 @@ def _role_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"intervention.{key}: {role!r} is not a role of {task}; roles: {', '.join(ROLES[task])}")
     if section["block_span"] not in SPANS[task]:
         problems.append(
-            f"intervention.block_span: {section['block_span']!r} is not a span of {task}; spans: {', '.join(SPANS[task])}"
+            f"intervention.block_span: {section['block_span']!r} is not a span of {task}; "
+            f"spans: {', '.join(SPANS[task])}"
         )
     stage_names = [stage["name"] for stage in stages.get(task, [])]
     if section["mover_stage"] not in stage_names:

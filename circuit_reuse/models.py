@@ -141,7 +141,7 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
                     shutil.copy2(tokenizer_path / name, work / name)
         _check_architecture(spec, work)
         manifest = _write_manifest(spec, work)
-        (work / OWNER_MARKER).write_text("written by circuit_reuse.models.cache_model; the cache may replace this directory\n")
+        (work / OWNER_MARKER).write_text("built by circuit_reuse.models.cache_model, which may replace it\n")
         if dest.exists():
             shutil.rmtree(dest)
         work.rename(dest)

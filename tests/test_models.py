@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,29 @@ def test_local_source_copies_a_hugging_face_directory(tmp_path, cached_tiny_mode
     original = json.loads((cached_tiny_model / "manifest.json").read_text())
     assert manifest["files"]["model.safetensors"] == original["files"]["model.safetensors"]
     assert manifest["spec"]["path"] == str(hf_dir)
+
+
+class _Payload:
+    """Pickled, it asks the loader to create a file: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickled_checkpoint_cannot_run_code_when_loaded(tmp_path, cached_tiny_model):
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(cached_tiny_model, hf_dir)
+    for name in ("manifest.json", "model.safetensors", ".circuit-reuse-cache"):
+        (hf_dir / name).unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": _Payload(marker)}, hf_dir / "pytorch_model.bin")
+    cache_model(ModelSpec(name="evil", source="local", path=str(hf_dir)), tmp_path / "evil")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global|unpickl"):
+        load_model(tmp_path / "evil", device="cpu")
+    assert not marker.exists(), "loading the checkpoint ran its code"
 
 
 def test_local_source_errors_name_the_problem(tmp_path):

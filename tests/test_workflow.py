@@ -54,7 +54,13 @@ def _dry_run_output(tmp_path, config_text):
     config = tmp_path / "bad.yaml"
     config.write_text(config_text)
     result = snakemake(
-        "-n", "--directory", str(tmp_path), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile", str(config)
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--configfile",
+        str(config),
     )
     assert result.returncode != 0
     return result.stdout + result.stderr
