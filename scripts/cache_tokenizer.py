@@ -7,6 +7,10 @@ from circuit_reuse.workflow import job_logging
 
 with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
     dest = Path(snakemake.output.manifest).parent  # noqa: F821
-    manifest = cache_tokenizer(dest, tokenizer_dir=snakemake.params.tokenizer)  # noqa: F821
+    manifest = cache_tokenizer(
+        dest,
+        tokenizer_dir=snakemake.params.tokenizer,  # noqa: F821
+        hub_timeout=snakemake.config["hub_timeout"],  # noqa: F821
+    )
     info = manifest["tokenizer"]
     print(f"cached tokenizer ({manifest['source']}): {info['vocab_size']} tokens, fingerprint {info['fingerprint']}")

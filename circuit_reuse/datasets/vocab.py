@@ -142,7 +142,10 @@ def last_token(labels: dict[str, tuple[int, int]], label: str) -> int:
 
 
 def cache_tokenizer(
-    dest: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, hub_id: str = TOKENIZER_HUB_ID
+    dest: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    hub_id: str = TOKENIZER_HUB_ID,
+    hub_timeout: float = 60.0,
 ) -> dict[str, Any]:
     """Copy the GPT-2 tokenizer files to `dest` with a manifest, and return the manifest.
 
@@ -163,7 +166,7 @@ def cache_tokenizer(
                     shutil.copy2(source / name, work / name)
             origin = {"source": "local"}
         else:
-            _download_tokenizer(hub_id, work)
+            _download_tokenizer(hub_id, work, hub_timeout)
             origin = {"source": "hub", "hub_id": hub_id}
         files = sorted(p.name for p in work.iterdir() if p.is_file())
         manifest = {
@@ -181,18 +184,16 @@ def cache_tokenizer(
     return manifest
 
 
-def _download_tokenizer(hub_id: str, work: Path) -> None:
-    from huggingface_hub import snapshot_download
+def _download_tokenizer(hub_id: str, work: Path, timeout: float) -> None:
+    from circuit_reuse.models import ModelCacheError, download_from_hub
 
     try:
-        snapshot_download(hub_id, local_dir=work, allow_patterns=list(TOKENIZER_FILES))
-    except Exception as error:  # offline, no such repo, ...: the hub client raises many types
+        download_from_hub(hub_id, "main", work, list(TOKENIZER_FILES), timeout, label="the tokenizer")
+    except ModelCacheError as error:
         raise DatasetError(
-            f"could not download the tokenizer of {hub_id!r} from the Hugging Face Hub: {error}\n"
-            "Offline, set `tokenizer:` in the config, or $CIRCUIT_REUSE_TOKENIZER, to a directory holding the "
-            "GPT-2 tokenizer files (vocab.json, merges.txt, tokenizer.json)"
+            f"{error}\nOffline, set `tokenizer:` in the config, or $CIRCUIT_REUSE_TOKENIZER, to a directory holding "
+            "the GPT-2 tokenizer files (vocab.json, merges.txt, tokenizer.json)"
         ) from error
-    shutil.rmtree(work / ".cache", ignore_errors=True)
     if not any((work / name).is_file() for name in ("vocab.json", "tokenizer.json")):
         raise DatasetError(f"Hub id {hub_id!r} holds no tokenizer files (vocab.json, tokenizer.json)")
 
