@@ -9,7 +9,6 @@ without internet never touch the Hub, and a file that changed after caching is c
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from circuit_reuse.integrity import sha256
 from circuit_reuse.io import read_json, versions, write_json
 
 MANIFEST_NAME = "manifest.json"
@@ -197,7 +197,7 @@ def verify_cache(model_dir: str | os.PathLike) -> dict:
         path = model_dir / name
         if not path.is_file():
             raise ModelCacheError(f"cached model {model_dir}: {name} is listed in the manifest but missing")
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != expected["bytes"] or sha256(path) != expected["sha256"]:
             raise ModelCacheError(
                 f"cached model {model_dir}: {name} no longer matches its manifest (sha256 differs); "
                 "delete the directory and cache the model again"
@@ -394,7 +394,7 @@ def _spec_record(spec: ModelSpec) -> dict[str, Any]:
 
 def _write_manifest(spec: ModelSpec, work: Path, origin: dict[str, str] | None = None) -> dict:
     files = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
         for p in sorted(work.iterdir())
         if p.is_file() and p.name != MANIFEST_NAME
     }
@@ -408,11 +408,3 @@ def _write_manifest(spec: ModelSpec, work: Path, origin: dict[str, str] | None =
     }
     write_json(work / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

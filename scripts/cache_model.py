@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from circuit_reuse.models import ModelSpec, cache_model
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import workflow_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+with workflow_job(snakemake):  # noqa: F821 (snakemake injects this object)
     spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)  # noqa: F821
     manifest = cache_model(
         spec,

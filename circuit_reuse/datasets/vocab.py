@@ -153,6 +153,7 @@ def cache_tokenizer(
     `hub_id` (about 2 MB). The manifest records the source, each file's sha256 and the vocabulary
     fingerprint that every dataset built from it carries.
     """
+    from circuit_reuse.integrity import sha256
     from circuit_reuse.io import versions, write_json
     from circuit_reuse.models import building_beside, resolve_tokenizer_dir
 
@@ -171,7 +172,7 @@ def cache_tokenizer(
         files = sorted(p.name for p in work.iterdir() if p.is_file())
         manifest = {
             **origin,
-            "files": {name: _sha256(work / name) for name in files},
+            "files": {name: sha256(work / name) for name in files},
             "tokenizer": tokenizer_info(as_tokenizer(work)),
             "versions": versions(),
         }
@@ -196,7 +197,3 @@ def _download_tokenizer(hub_id: str, work: Path, timeout: float) -> None:
         ) from error
     if not any((work / name).is_file() for name in ("vocab.json", "tokenizer.json")):
         raise DatasetError(f"Hub id {hub_id!r} holds no tokenizer files (vocab.json, tokenizer.json)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
