@@ -99,8 +99,9 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            # Snakemake shows a failed job's log, not its stderr: the traceback belongs in the log.
-            traceback.print_exc()
+            # The traceback belongs in the log; written there alone, since Python prints it to the console
+            # once more when the job exits with it.
+            traceback.print_exc(file=log)
             raise
         finally:
             sys.stdout, sys.stderr = out, err
