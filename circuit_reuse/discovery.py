@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads
+from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads, selection_margin
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
 
@@ -179,7 +179,12 @@ def assemble_circuit(
         chosen[spec.name] = heads
         stages.append(
             StageRecord(
-                spec.name, describe_receivers(receivers), spec.position, below_layer(spec, receivers, n_layers), heads
+                spec.name,
+                describe_receivers(receivers),
+                spec.position,
+                below_layer(spec, receivers, n_layers),
+                heads,
+                margin=selection_margin(grids[spec.name], selection.get("top_percent"), selection.get("threshold")),
             )
         )
         evidence_by_head = _evidence(model, dataset, heads, copy, detector_table)
