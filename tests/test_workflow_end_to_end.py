@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from circuit_reuse.datasets import load_dataset
+from circuit_reuse.examples import example_drift
 from circuit_reuse.io import read_json, read_parquet, read_parquet_provenance
 from circuit_reuse.workflow import job_times
 
@@ -199,6 +200,11 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     assert set(times.loc[times["rule"] == "notebook_movers", "job"]) == set(MODELS)
     with pytest.raises(FileNotFoundError, match="no benchmark files"):
         job_times(tmp_path)
+
+
+def test_the_committed_example_tables_match_a_fresh_run(smoke):
+    drift = example_drift(REPO / "notebooks" / "example_data", smoke.run_dir / "results")
+    assert drift == [], "regenerate them with `make examples`:\n" + "\n".join(drift)
 
 
 @pytest.mark.parametrize(
