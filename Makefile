@@ -13,7 +13,7 @@ CORES ?= all
 CONFIG ?= config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slurm smoke scale lint
+.PHONY: run test test-slurm smoke scale examples lint
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -36,6 +36,12 @@ smoke: $(VENV)/.installed
 SNAKEMAKE_ARGS ?= --cores $(CORES)
 scale: $(VENV)/.installed
 	$(BIN)/python scripts/run_replicates.py --configfile workflow/configs/scale.yaml --out runs/scale -- $(SNAKEMAKE_ARGS)
+
+# The README's figures (figures/{config name}/) and notebooks/example_data/ regenerated from a fresh run of
+# EXAMPLES_CONFIG, under runs/examples/.
+EXAMPLES_CONFIG ?= workflow/configs/smoke.yaml
+examples: $(VENV)/.installed
+	$(BIN)/python scripts/refresh_examples.py --configfile $(EXAMPLES_CONFIG) -- --cores $(CORES)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check circuit_reuse scripts tests

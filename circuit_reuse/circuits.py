@@ -60,6 +60,29 @@ def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold
     return candidates[:count]
 
 
+# Two exact implementations of path patching in float32 give scores that differ by up to about 4e-5 (the
+# benchmark in the README, "How fast"). A selection whose margin is below this hangs on float noise: a
+# rewrite of the arithmetic, or another device, may select other heads.
+SCORE_NOISE = 1e-4
+
+
+def selection_margin(
+    scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None
+) -> float | None:
+    """How far the selection of `select_heads` is from changing: for top-p%, |score| of the weakest selected
+    head minus |score| of the strongest unselected one; for a threshold, the smallest distance of any |score|
+    from it. None where nothing decides it (every selectable head selected, or none selectable). As in
+    `select_heads`, a head is selectable when its score is finite and not exactly 0."""
+    magnitude = np.abs(np.asarray(scores, dtype=float))
+    finite = np.sort(magnitude[np.isfinite(magnitude) & (magnitude > 0)])[::-1]
+    if threshold is not None:
+        return float(np.min(np.abs(finite - threshold))) if finite.size else None
+    count = len(select_heads(scores, top_percent=top_percent))
+    if count >= finite.size:
+        return None
+    return float(finite[count - 1] - finite[count])
+
+
 @dataclass
 class HeadInfo:
     layer: int
@@ -77,6 +100,11 @@ class StageRecord:
     position: str
     below_layer: int
     heads: list[Head]
+    margin: float | None = None  # selection_margin of the stage's scores
+    near_tie: bool = False  # the margin is below SCORE_NOISE; set from the margin
+
+    def __post_init__(self) -> None:
+        self.near_tie = self.margin is not None and self.margin < SCORE_NOISE
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Loading and validating the workflow config against `workflow/schemas/config.schema.yaml`.
 
 Validation fills in the schema's defaults and turns every violation into one line that names the key and
-what is allowed there, so a bad config fails before any job runs.
+what is allowed there, so a bad config fails before any job runs. A key given twice in a YAML file is an
+error too (YAML's own rule, which PyYAML does not enforce: there the last value silently wins). The checks
+across keys that the schema cannot express live in `circuit_reuse.config_checks`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from circuit_reuse.config_checks import config_problems, source_key_problems, source_keys
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -26,12 +30,39 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds the same key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with `<<` may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(
+                    f"duplicate key {key!r} on line {line} (first given on line {first_line[key]}); "
+                    "YAML allows each key once per mapping: merge the two entries"
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML config file, without validating it; a duplicate key is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    return validate_config(yaml.safe_load(path.read_text()) or {})
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as error:
+        raise ConfigError(f"invalid config:\n  {path}: {error}") from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    return validate_config(read_config_file(path))
 
 
 # Mappings whose order means something: the first task is `task_a` of the overlap; models, tasks and the
@@ -50,10 +81,13 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     schema = schema or load_schema()
     filled = copy.deepcopy(dict(config))
     _fill_defaults(filled, schema, schema)
+    _drop_other_sources_defaults(filled, schema)
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = [_describe(error) for error in errors]
+    lines = [_describe(error) for error in errors] + source_key_problems(config, schema)
+    if not lines:  # the checks across keys assume every key has the type the schema gives it
+        lines = config_problems(filled)
+    if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
     return _canonical_order(filled)
 
@@ -97,6 +131,17 @@ def _fill_defaults(instance: Any, node: Mapping[str, Any], root: Mapping[str, An
         for key, value in instance.items():
             if key not in node.get("properties", {}):
                 _fill_defaults(value, extra, root)
+
+
+def _drop_other_sources_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    """Remove the defaults filled in for keys of other sources (a random model's `revision`), so that the
+    validated config validates again when written out (scripts/run_replicates.py does)."""
+    applies = source_keys(schema)
+    models = config.get("models")
+    for entry in models.values() if isinstance(models, dict) else ():
+        if isinstance(entry, dict):
+            for key in [k for k in entry if k in applies and entry.get("source") not in applies[k]]:
+                del entry[key]
 
 
 def _describe(error: ValidationError) -> str:

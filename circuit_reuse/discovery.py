@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads
+from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads, selection_margin
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
 from circuit_reuse.patching import (
@@ -211,6 +211,7 @@ def assemble_circuit(
                 spec.position,
                 below_layer(spec, receivers, n_layers, n_heads),
                 heads,
+                margin=selection_margin(grids[spec.name], selection.get("top_percent"), selection.get("threshold")),
             )
         )
         evidence_by_head = _evidence(model, dataset, heads, copy, detector_table)

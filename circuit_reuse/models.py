@@ -8,19 +8,33 @@ without internet never touch the Hub, and a file that changed after caching is c
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from circuit_reuse.integrity import sha256
 from circuit_reuse.io import read_json, versions, write_json
 
 MANIFEST_NAME = "manifest.json"
+# Written into every cache directory this module builds: the one mark that it may replace the directory.
+# The manifest is not enough, since Snakemake deletes a job's outputs, the manifest among them, first.
+OWNER_MARKER = ".circuit-reuse-cache"
+# Hub downloads: seconds without data before a download fails (the config's `hub_timeout`), and attempts
+# in all when a server error or a dropped connection interrupts one.
+HUB_TIMEOUT = 60.0
+HUB_ATTEMPTS = 3
+# Temporary build directories are named .{dest}.partial-XXXX, beside their destination.
+PARTIAL_SUFFIX = ".partial-"
 TOKENIZER_ENV = "CIRCUIT_REUSE_TOKENIZER"
 
 # Shapes of the four released GPT-2 sizes; every other field is GPT2Config's default, which is GPT-2's.
@@ -91,13 +105,22 @@ def random_gpt2_config(architecture: str = "gpt2", **overrides: Any):
     return GPT2Config(**{**GPT2_SHAPES[architecture], **overrides})
 
 
-def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> dict:
+def cache_model(
+    spec: ModelSpec,
+    dest: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    hub_timeout: float = HUB_TIMEOUT,
+) -> dict:
     """Resolve `spec` into a Hugging Face directory at `dest` with a manifest, and return the manifest.
 
     The directory is built beside `dest` and renamed into place at the end, so an interrupted run leaves
-    no half-written cache behind. An existing cache whose manifest still matches is kept as it is.
+    no half-written cache behind (and what an earlier, killed run left there is removed first). An existing
+    cache whose manifest still matches is kept as it is; a stale one is rebuilt. A non-empty directory at
+    `dest` that this function did not create (it carries neither a manifest nor OWNER_MARKER) is refused,
+    never deleted.
     """
     dest = Path(dest)
+    _refuse_foreign_destination(dest)
     if (dest / MANIFEST_NAME).is_file():
         try:
             manifest = verify_cache(dest)
@@ -108,11 +131,12 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
                 return manifest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        work = Path(tmp) / "model"
+    with building_beside(dest) as tmp:
+        work = tmp / "model"
         work.mkdir()
+        origin = None
         if spec.source == "hub":
-            _fetch_from_hub(spec, work)
+            origin = _fetch_from_hub(spec, work, hub_timeout)
         elif spec.source == "local":
             _copy_local(spec, work)
         elif spec.source == "random":
@@ -129,11 +153,35 @@ def cache_model(spec: ModelSpec, dest: str | os.PathLike, tokenizer_dir: str | o
                 if (tokenizer_path / name).is_file():
                     shutil.copy2(tokenizer_path / name, work / name)
         _check_architecture(spec, work)
-        manifest = _write_manifest(spec, work)
+        manifest = _write_manifest(spec, work, origin)
+        (work / OWNER_MARKER).write_text("built by circuit_reuse.models.cache_model, which may replace it\n")
         if dest.exists():
             shutil.rmtree(dest)
         work.rename(dest)
     return manifest
+
+
+@contextlib.contextmanager
+def building_beside(dest: Path) -> Iterator[Path]:
+    """A temporary directory beside `dest` to build it in, removed on exit. Those that a killed earlier
+    build of `dest` left behind are removed first (a build of one destination runs once at a time: the
+    workflow's lock sees to that)."""
+    for leftover in dest.parent.glob(f".{dest.name}{PARTIAL_SUFFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}{PARTIAL_SUFFIX}") as tmp:
+        yield Path(tmp)
+
+
+def _refuse_foreign_destination(dest: Path) -> None:
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    if (dest / MANIFEST_NAME).is_file() or (dest / OWNER_MARKER).is_file():
+        return
+    raise ModelCacheError(
+        f"{dest} exists and was not created by the model cache (it holds no {MANIFEST_NAME} or {OWNER_MARKER}); "
+        "it is left untouched. Move it away, or point `model_cache:` in the config elsewhere; to use the "
+        f"model inside it, set `source: local` and `path: {dest}` for the model"
+    )
 
 
 def verify_cache(model_dir: str | os.PathLike) -> dict:
@@ -149,7 +197,7 @@ def verify_cache(model_dir: str | os.PathLike) -> dict:
         path = model_dir / name
         if not path.is_file():
             raise ModelCacheError(f"cached model {model_dir}: {name} is listed in the manifest but missing")
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != expected["bytes"] or sha256(path) != expected["sha256"]:
             raise ModelCacheError(
                 f"cached model {model_dir}: {name} no longer matches its manifest (sha256 differs); "
                 "delete the directory and cache the model again"
@@ -199,22 +247,109 @@ def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: torch.
     return model
 
 
-def _fetch_from_hub(spec: ModelSpec, work: Path) -> None:
-    from huggingface_hub import snapshot_download
-
+def _fetch_from_hub(spec: ModelSpec, work: Path, timeout: float = HUB_TIMEOUT) -> dict[str, str]:
     if not spec.hub_id:
         raise ModelCacheError(f"model {spec.name!r}: source 'hub' needs `hub_id` (e.g. gpt2-medium)")
-    try:
-        snapshot_download(spec.hub_id, revision=spec.revision, local_dir=work, allow_patterns=HUB_FILES)
-    except Exception as error:  # the hub client raises many types for 'offline', 'no such repo', 'no such file'
-        raise ModelCacheError(
-            f"model {spec.name!r}: could not download {spec.hub_id!r} (revision {spec.revision!r}) from the "
-            f"Hugging Face Hub: {error}\nOn a machine without internet, download the model elsewhere and set "
-            f"`source: local` and `path: /dir/with/config.json/and/model.safetensors` for {spec.name!r} in "
-            "config.yaml, or cache it where there is internet (snakemake --until cache_model) and copy "
-            "results/models/ over."
-        ) from error
+    fix = _OFFLINE_HINT.format(name=spec.name)
+    return download_from_hub(spec.hub_id, spec.revision, work, HUB_FILES, timeout, f"model {spec.name!r}", fix)
+
+
+def download_from_hub(
+    repo_id: str,
+    revision: str,
+    work: Path,
+    allow_patterns: list[str],
+    timeout: float = HUB_TIMEOUT,
+    label: str = "files",
+    fix: str = "",
+) -> dict[str, str]:
+    """Download the files of a Hub repository matching `allow_patterns` into `work`; return where they came
+    from: the endpoint and the commit that `revision` resolved to.
+
+    The revision is resolved to a commit first and the files are downloaded at that commit, so every file
+    comes from the same one. A call that receives nothing for `timeout` seconds fails (the Hub client's own
+    timeouts and retries do not bound a stalled connection); a server error or a dropped connection is
+    retried, HUB_ATTEMPTS attempts in all; a missing repository, revision or file fails at once. Errors are
+    ModelCacheError naming `label`, the repository and the endpoint, followed by `fix`.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    # Read at call time, so that a process which imported the client before setting HF_ENDPOINT still obeys it.
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    what = f"{label}: {repo_id!r} (revision {revision!r}) from the Hugging Face Hub at {endpoint}"
+    # The client's own per-request timeout outlasts ours, so that a stall is always reported as one.
+    request_timeout = timeout + 5
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            info = partial(HfApi(endpoint=endpoint).model_info, repo_id, revision=revision)
+            commit = _unless_stalled(partial(info, timeout=request_timeout), work, timeout).sha
+            download = partial(snapshot_download, repo_id, revision=commit, local_dir=work, endpoint=endpoint)
+            download = partial(download, allow_patterns=allow_patterns, etag_timeout=request_timeout)
+            _unless_stalled(download, work, timeout)
+            break
+        except _Stalled:
+            raise ModelCacheError(
+                f"{what}: no data for {timeout:g} s, so the download was stopped. Check the connection and "
+                "HF_ENDPOINT; on a slow link raise `hub_timeout` in the config." + fix
+            ) from None
+        except Exception as error:  # the client raises many types for 'offline', 'no such repo', 'no such file'
+            if attempt < HUB_ATTEMPTS and _transient(error) and not constants.HF_HUB_OFFLINE:
+                time.sleep(attempt)
+                continue
+            tries = f" ({attempt} attempts)" if attempt > 1 else ""
+            raise ModelCacheError(f"could not download {what}{tries}: {error}" + fix) from error
     shutil.rmtree(work / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not model files
+    return {"endpoint": endpoint, "commit": commit}
+
+
+_OFFLINE_HINT = (
+    "\nOn a machine without internet, download the model elsewhere and set `source: local` and "
+    "`path: /dir/with/config.json/and/model.safetensors` for {name!r} in config.yaml, or cache it where "
+    "there is internet (snakemake --until cache_model) and copy results/models/ over."
+)
+
+
+class _Stalled(Exception):
+    """A Hub call received nothing for the whole timeout."""
+
+
+def _unless_stalled(call: Callable[[], Any], work: Path, timeout: float) -> Any:
+    """Run `call` in a daemon thread and return its result, or raise _Stalled once no byte has arrived in
+    `work` for `timeout` seconds. A stalled socket read cannot be interrupted from outside; the abandoned
+    thread ends with the connection, or with the process (a cache_model job exits with this error)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as error:  # handed to the waiting thread, which raises it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True, name="hub-download")
+    thread.start()
+    seen, last_change = -1, time.monotonic()
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+        received = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+        if received != seen:
+            seen, last_change = received, time.monotonic()
+        elif time.monotonic() - last_change > timeout:
+            raise _Stalled()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+def _transient(error: Exception) -> bool:
+    """A server error, a rate limit, or a connection that failed or dropped: worth another attempt."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return False
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return status is None or status >= 500 or status == 429
+    return isinstance(error, (OSError, ConnectionError, TimeoutError))
 
 
 def _copy_local(spec: ModelSpec, work: Path) -> None:
@@ -257,26 +392,19 @@ def _spec_record(spec: ModelSpec) -> dict[str, Any]:
     return record
 
 
-def _write_manifest(spec: ModelSpec, work: Path) -> dict:
+def _write_manifest(spec: ModelSpec, work: Path, origin: dict[str, str] | None = None) -> dict:
     files = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
         for p in sorted(work.iterdir())
         if p.is_file() and p.name != MANIFEST_NAME
     }
     manifest = {
         "name": spec.name,
         "spec": _spec_record(spec),
+        **({"origin": origin} if origin else {}),
         "files": files,
         "config": read_json(work / "config.json"),
         "versions": versions(),
     }
     write_json(work / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

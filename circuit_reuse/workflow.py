@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from circuit_reuse.integrity import current_run, record_digests, verify_digests
+
 # Job classes of the config's `resources` section; every rule names one (see workflow/rules/common.smk).
 JOB_CLASSES = ("light", "model", "cache")
 
@@ -97,24 +99,35 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            # Snakemake shows a failed job's log, not its stderr: the traceback belongs in the log.
-            traceback.print_exc()
+            # The traceback belongs in the log; written there alone, since Python prints it to the console
+            # once more when the job exits with it.
+            traceback.print_exc(file=log)
             raise
         finally:
             sys.stdout, sys.stderr = out, err
 
 
 @contextlib.contextmanager
-def model_job(job) -> Iterator[None]:
-    """What every job that runs a model starts with: the Hub offline, the rule's threads, the job's log.
+def workflow_job(job) -> Iterator[None]:
+    """What every workflow job runs in: its log; its inputs checked against the sha256 their jobs recorded
+    (`circuit_reuse.integrity`); its outputs' sha256 recorded once it succeeds.
 
     `job` is the `snakemake` object Snakemake injects into a script.
     """
+    with job_logging(job.log[0]):
+        verify_digests(job.input, current_run().get("produced", []))
+        yield
+        record_digests(job.output)
+
+
+@contextlib.contextmanager
+def model_job(job) -> Iterator[None]:
+    """What every job that runs a model starts with: the Hub offline, the rule's threads, `workflow_job`."""
     import torch
 
     hub_offline()
     torch.set_num_threads(max(1, int(job.threads)))
-    with job_logging(job.log[0]):
+    with workflow_job(job):
         yield
 
 

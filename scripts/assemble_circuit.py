@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from circuit_reuse.circuits import save_circuit
+from circuit_reuse.circuits import SCORE_NOISE, save_circuit
 from circuit_reuse.datasets import load_dataset
 from circuit_reuse.discovery import StageSpec, assemble_circuit, grid_from_table
 from circuit_reuse.io import provenance, read_parquet
@@ -22,5 +22,8 @@ with model_job(job):
     )
     circuit.provenance = provenance(dict(job.params))
     save_circuit(job.output.circuit, circuit)
+    for stage in circuit.stages:
+        if stage.near_tie:
+            print(f"stage {stage.name}: near tie, selection margin {stage.margin:.2g} < score noise {SCORE_NOISE:g}")
     for info in circuit.head_infos:
         print(f"{info.layer}.{info.head}  stage {info.stage:<16} role {info.role:<16} score {info.score:+.3f}")

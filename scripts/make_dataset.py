@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from circuit_reuse.datasets import generate_records, save_dataset
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import workflow_job
 
-with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects this object)
+with workflow_job(snakemake):  # noqa: F821 (snakemake injects this object)
     task = snakemake.wildcards.task  # noqa: F821
     config = dict(snakemake.params.options)  # noqa: F821
     options = {k: v for k, v in config.items() if k not in ("n_prompts", "seed")}

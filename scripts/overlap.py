@@ -6,7 +6,7 @@ from circuit_reuse.circuits import load_circuit
 from circuit_reuse.discovery import grid_from_table
 from circuit_reuse.io import read_parquet, write_parquet
 from circuit_reuse.overlap import circuit_overlap, role_aligned_table, threshold_sensitivity
-from circuit_reuse.workflow import job_logging
+from circuit_reuse.workflow import workflow_job
 
 
 def stage_grids(paths):
@@ -15,7 +15,7 @@ def stage_grids(paths):
 
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with job_logging(job.log[0]):
+with workflow_job(job):
     settings = job.params.overlap
     a, b = (load_circuit(path) for path in job.input.circuits)
     summary = circuit_overlap(a, b, repeats=settings["chance_repeats"], seed=settings["seed"])

@@ -1,7 +1,18 @@
+import json
+
 import numpy as np
 import pytest
 
-from circuit_reuse.circuits import Circuit, HeadInfo, StageRecord, load_circuit, save_circuit, select_heads
+from circuit_reuse.circuits import (
+    SCORE_NOISE,
+    Circuit,
+    HeadInfo,
+    StageRecord,
+    load_circuit,
+    save_circuit,
+    select_heads,
+    selection_margin,
+)
 
 
 def test_top_two_percent_of_gpt2_medium_is_eight_heads():
@@ -55,3 +66,27 @@ def test_circuit_round_trips_through_json(tmp_path):
     assert loaded.stage("movers").heads == [(2, 1)]
     with pytest.raises(KeyError, match="no stage 'x'"):
         loaded.stage("x")
+
+
+def test_the_selection_margin_is_the_gap_at_the_cut():
+    scores = np.array([[0.9, -0.5, np.nan], [0.3, -0.29, 0.0]])  # |score| ranked 0.9, 0.5, 0.3, 0.29, 0
+    # top 40% of 6 heads = 2 heads (0.9 and 0.5); the strongest unselected has 0.3
+    assert selection_margin(scores, top_percent=40) == pytest.approx(0.2)
+    assert selection_margin(scores, top_percent=50) == pytest.approx(0.01)  # 3 heads: 0.3 against 0.29
+    assert selection_margin(scores, top_percent=100) is None  # every scorable head selected
+    # a threshold: the |score| nearest to it on either side
+    assert selection_margin(scores, threshold=0.31) == pytest.approx(0.01)
+    assert selection_margin(scores, threshold=0.7) == pytest.approx(0.2)
+    assert selection_margin(np.full((2, 2), np.nan), threshold=0.1) is None
+
+
+def test_a_margin_below_the_noise_is_flagged_and_kept_in_the_circuit_file(tmp_path):
+    tied = np.array([[0.5, 0.5 - SCORE_NOISE / 10], [0.1, 0.0]])
+    stage = StageRecord("movers", "logits", "END", 2, select_heads(tied, top_percent=25), selection_margin(tied, 25))
+    assert stage.heads == [(0, 0)] and stage.near_tie
+    clear = StageRecord("movers", "logits", "END", 2, [(0, 0)], margin=0.4)
+    assert not clear.near_tie
+    circuit = Circuit("m", "ioi", {"top_percent": 25}, [stage], [], n_layers=2, n_heads=2)
+    saved = json.loads(save_circuit(tmp_path / "c.json", circuit).read_text())
+    assert saved["stages"][0]["near_tie"] is True and saved["stages"][0]["margin"] == pytest.approx(SCORE_NOISE / 10)
+    assert load_circuit(tmp_path / "c.json").stages[0].near_tie

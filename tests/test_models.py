@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,41 @@ def test_caching_again_keeps_a_valid_cache_and_rebuilds_a_damaged_one(tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary directory left behind"
 
 
+def test_a_directory_the_cache_did_not_create_is_refused_and_left_intact(tmp_path, tokenizer_dir):
+    spec = ModelSpec(name="mine", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("my own files")
+    (dest / "model.safetensors").write_bytes(b"my weights")
+    with pytest.raises(ModelCacheError, match="was not created by the model cache") as raised:
+        cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    assert f"path: {dest}" in str(raised.value)
+    assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert (dest / "notes.txt").read_text() == "my own files"
+    assert (dest / "model.safetensors").read_bytes() == b"my weights"
+
+
+def test_a_cache_whose_manifest_snakemake_removed_is_rebuilt(tmp_path, tokenizer_dir):
+    # Snakemake deletes a job's outputs (the manifest) before rerunning it; the owner mark remains.
+    spec = ModelSpec(name="x", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    dest = tmp_path / "x"
+    cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    (dest / "manifest.json").unlink()
+    cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+    verify_cache(dest)
+
+
+def test_what_a_killed_build_left_behind_is_removed_on_the_next_run(tmp_path, tokenizer_dir):
+    spec = ModelSpec(name="x", source="random", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    leftover = tmp_path / ".x.partial-abc123" / "model"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half a file")
+    other_model = tmp_path / ".x2.partial-def456"  # another model's build is not touched
+    other_model.mkdir()
+    cache_model(spec, tmp_path / "x", tokenizer_dir=tokenizer_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x2.partial-def456", "x"]
+
+
 def test_local_source_copies_a_hugging_face_directory(tmp_path, cached_tiny_model):
     hf_dir = tmp_path / "hf"
     shutil.copytree(cached_tiny_model, hf_dir)
@@ -108,6 +144,29 @@ def test_local_source_copies_a_hugging_face_directory(tmp_path, cached_tiny_mode
     original = json.loads((cached_tiny_model / "manifest.json").read_text())
     assert manifest["files"]["model.safetensors"] == original["files"]["model.safetensors"]
     assert manifest["spec"]["path"] == str(hf_dir)
+
+
+class _Payload:
+    """Pickled, it asks the loader to create a file: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickled_checkpoint_cannot_run_code_when_loaded(tmp_path, cached_tiny_model):
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(cached_tiny_model, hf_dir)
+    for name in ("manifest.json", "model.safetensors", ".circuit-reuse-cache"):
+        (hf_dir / name).unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": _Payload(marker)}, hf_dir / "pytorch_model.bin")
+    cache_model(ModelSpec(name="evil", source="local", path=str(hf_dir)), tmp_path / "evil")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global|unpickl"):
+        load_model(tmp_path / "evil", device="cpu")
+    assert not marker.exists(), "loading the checkpoint ran its code"
 
 
 def test_local_source_errors_name_the_problem(tmp_path):

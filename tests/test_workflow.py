@@ -50,6 +50,35 @@ def test_bad_config_fails_before_any_job_with_the_key_named(tmp_path):
     assert "cache_model" not in output
 
 
+def _dry_run_output(tmp_path, config_text):
+    config = tmp_path / "bad.yaml"
+    config.write_text(config_text)
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--configfile",
+        str(config),
+    )
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
+def test_a_repeated_key_fails_before_any_job(tmp_path):
+    smoke = (REPO / "workflow" / "configs" / "smoke.yaml").read_text()
+    output = _dry_run_output(tmp_path, smoke + "\nmodels:\n  big: {source: random}\n")
+    assert "duplicate key 'models' on line" in output and "cache_model" not in output
+
+
+def test_an_intervention_head_outside_the_model_fails_before_any_job(tmp_path):
+    paper = (REPO / "config.yaml").read_text()
+    output = _dry_run_output(tmp_path, paper.replace("[13, 13]]", "[13, 16]]", 1))
+    assert "intervention.heads.gpt2-medium.inhibition[2]: head 13.16 is outside gpt2-medium" in output
+    assert "cache_model" not in output
+
+
 # The one lint we accept, on purpose (see the README): rules name no conda environment or container,
 # because the whole workflow runs in the project's own virtual environment, installed from pyproject.toml.
 ACCEPTED_LINTS = {"Specify a conda environment or container for each rule."}

@@ -52,6 +52,6 @@ def test_cache_tokenizer_offline_without_a_source_explains_what_to_set(tmp_path,
 
     monkeypatch.delenv("CIRCUIT_REUSE_TOKENIZER", raising=False)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(DatasetError, match=r"(?s)could not download the tokenizer of 'gpt2'.*CIRCUIT_REUSE_TOKENIZER"):
+    with pytest.raises(DatasetError, match=r"(?s)could not download the tokenizer: 'gpt2'.*CIRCUIT_REUSE_TOKENIZER"):
         cache_tokenizer(tmp_path / "tokenizer")
     assert not (tmp_path / "tokenizer").exists(), "nothing half-written is left behind"

@@ -10,6 +10,7 @@ or reruns of the notebook rules only.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 import yaml
 
 from circuit_reuse.datasets import load_dataset
+from circuit_reuse.examples import example_drift
 from circuit_reuse.io import read_json, read_parquet, read_parquet_provenance
 from circuit_reuse.workflow import job_times
 
@@ -198,3 +200,44 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     assert set(times.loc[times["rule"] == "notebook_movers", "job"]) == set(MODELS)
     with pytest.raises(FileNotFoundError, match="no benchmark files"):
         job_times(tmp_path)
+
+
+def test_the_committed_example_tables_match_a_fresh_run(smoke):
+    drift = example_drift(REPO / "notebooks" / "example_data", smoke.run_dir / "results")
+    assert drift == [], "regenerate them with `make examples`:\n" + "\n".join(drift)
+
+
+@pytest.mark.parametrize(
+    "damaged, damage, consumer",
+    [
+        ("results/datasets/ioi.jsonl", "edit", "results/tables/baselines.parquet"),  # one answer id changed by hand
+        (
+            "results/patching/tiny-a/colored_objects/movers.parquet",
+            "truncate",
+            "results/circuits/tiny-a/colored_objects.json",
+        ),
+    ],
+)
+def test_a_damaged_input_stops_its_consumer_with_the_rebuild_command(smoke, damaged, damage, consumer):
+    # Runs last: the failed jobs' outputs are gone afterwards.
+    path = smoke.run_dir / damaged
+    if damage == "edit":
+        lines = path.read_text().splitlines(keepends=True)
+        record = json.loads(lines[0])
+        record["answer"] += 1
+        path.write_text(json.dumps(record) + "\n" + "".join(lines[1:]))
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = smoke.snakemake(consumer)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{damaged} does not match the sha256 its job recorded in {damaged}.sha256" in output
+    command = (
+        f"snakemake --snakefile {smoke.repo / 'workflow' / 'Snakefile'} --directory {smoke.run_dir} "
+        f"--configfile {smoke.config} --cores all --force {damaged}"
+    )
+    assert command in output
+    # the first half of the command rebuilds the file, with its digest
+    rebuilt = smoke.snakemake("--force", damaged)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert (smoke.run_dir / f"{damaged}.sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -26,6 +26,9 @@ from circuit_reuse.datasets.vocab import as_tokenizer, tokenizer_info
 
 GENERATORS = {ioi.TASK: ioi.generate, colored_objects.TASK: colored_objects.generate}
 TASKS = tuple(GENERATORS)
+# The positions every prompt of a task records (what stages and the intervention may name) and its spans.
+ROLES = {ioi.TASK: ioi.ROLES, colored_objects.TASK: colored_objects.ROLES}
+SPANS = {ioi.TASK: (), colored_objects.TASK: colored_objects.SPANS}
 
 
 def generate_records(

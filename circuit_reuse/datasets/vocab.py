@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,7 +142,10 @@ def last_token(labels: dict[str, tuple[int, int]], label: str) -> int:
 
 
 def cache_tokenizer(
-    dest: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, hub_id: str = TOKENIZER_HUB_ID
+    dest: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    hub_id: str = TOKENIZER_HUB_ID,
+    hub_timeout: float = 60.0,
 ) -> dict[str, Any]:
     """Copy the GPT-2 tokenizer files to `dest` with a manifest, and return the manifest.
 
@@ -151,26 +153,26 @@ def cache_tokenizer(
     `hub_id` (about 2 MB). The manifest records the source, each file's sha256 and the vocabulary
     fingerprint that every dataset built from it carries.
     """
+    from circuit_reuse.integrity import sha256
     from circuit_reuse.io import versions, write_json
-    from circuit_reuse.models import resolve_tokenizer_dir
+    from circuit_reuse.models import building_beside, resolve_tokenizer_dir
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     source = resolve_tokenizer_dir(tokenizer_dir)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        work = Path(tmp)
+    with building_beside(dest) as work:
         if source is not None:
             for name in TOKENIZER_FILES:
                 if (source / name).is_file():
                     shutil.copy2(source / name, work / name)
             origin = {"source": "local"}
         else:
-            _download_tokenizer(hub_id, work)
+            _download_tokenizer(hub_id, work, hub_timeout)
             origin = {"source": "hub", "hub_id": hub_id}
         files = sorted(p.name for p in work.iterdir() if p.is_file())
         manifest = {
             **origin,
-            "files": {name: _sha256(work / name) for name in files},
+            "files": {name: sha256(work / name) for name in files},
             "tokenizer": tokenizer_info(as_tokenizer(work)),
             "versions": versions(),
         }
@@ -183,21 +185,15 @@ def cache_tokenizer(
     return manifest
 
 
-def _download_tokenizer(hub_id: str, work: Path) -> None:
-    from huggingface_hub import snapshot_download
+def _download_tokenizer(hub_id: str, work: Path, timeout: float) -> None:
+    from circuit_reuse.models import ModelCacheError, download_from_hub
 
     try:
-        snapshot_download(hub_id, local_dir=work, allow_patterns=list(TOKENIZER_FILES))
-    except Exception as error:  # offline, no such repo, ...: the hub client raises many types
+        download_from_hub(hub_id, "main", work, list(TOKENIZER_FILES), timeout, label="the tokenizer")
+    except ModelCacheError as error:
         raise DatasetError(
-            f"could not download the tokenizer of {hub_id!r} from the Hugging Face Hub: {error}\n"
-            "Offline, set `tokenizer:` in the config, or $CIRCUIT_REUSE_TOKENIZER, to a directory holding the "
-            "GPT-2 tokenizer files (vocab.json, merges.txt, tokenizer.json)"
+            f"{error}\nOffline, set `tokenizer:` in the config, or $CIRCUIT_REUSE_TOKENIZER, to a directory holding "
+            "the GPT-2 tokenizer files (vocab.json, merges.txt, tokenizer.json)"
         ) from error
-    shutil.rmtree(work / ".cache", ignore_errors=True)
     if not any((work / name).is_file() for name in ("vocab.json", "tokenizer.json")):
         raise DatasetError(f"Hub id {hub_id!r} holds no tokenizer files (vocab.json, tokenizer.json)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -73,3 +73,6 @@ rule assemble_circuit:
 
 
 ALL_TARGETS.extend(circuit_path(model, task) for model in MODELS for task in TASKS)
+# The score grids are targets too, so that one deleted (say, after it was found damaged) is rebuilt even
+# though the circuit that read it is still there.
+ALL_TARGETS.extend(scores_path(m, t, spec.name) for m in MODELS for t in TASKS for spec in STAGES[t])

@@ -1,0 +1,174 @@
+"""The config checks that the schema cannot express, made before any job runs.
+
+Each function returns problems as lines that start with the config key they concern, in the style of the
+schema's messages, so that a mistake the config alone reveals (a shape that cannot be built, a head
+outside its model, a role no prompt has, a missing directory) stops the workflow at once rather than
+inside a job, possibly hours later. `circuit_reuse.config.validate_config` runs the pure checks;
+`path_problems` looks at the file system and is run by the workflow itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from circuit_reuse.datasets import ROLES, SPANS
+from circuit_reuse.io import read_json
+from circuit_reuse.models import GPT2_SHAPES, TOKENIZER_ENV, ModelCacheError, resolve_tokenizer_dir
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd")
+# The schema marks each model key that applies to some sources only with `x-sources`.
+SOURCES_KEYWORD = "x-sources"
+HUB_ORGANISATION = "openai-community/"
+
+
+def source_keys(schema: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The model keys that apply to some sources only, with those sources."""
+    properties = schema["$defs"]["model"]["properties"]
+    return {key: sub[SOURCES_KEYWORD] for key, sub in properties.items() if SOURCES_KEYWORD in sub}
+
+
+def source_key_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """Keys given for a model whose source ignores them (`path` on a random model, `seed` on a Hub one).
+
+    Runs on the config as written, before the schema's defaults are filled in.
+    """
+    models = config.get("models")
+    if not isinstance(models, Mapping):
+        return []
+    applies = source_keys(schema)
+    problems = []
+    for name, entry in models.items():
+        if not isinstance(entry, Mapping):
+            continue
+        for key in entry:
+            if key in applies and entry.get("source") not in applies[key]:
+                problems.append(
+                    f"models.{name}.{key}: does not apply to source {entry.get('source')!r} (only to "
+                    f"{', '.join(applies[key])}); remove it"
+                )
+    return problems
+
+
+def model_shape(entry: Mapping[str, Any]) -> dict[str, int] | None:
+    """n_layer, n_head and n_embd of a model entry, where the config alone says them: a random stand-in's,
+    a released GPT-2's on the Hub, a local directory's config.json; None otherwise (another Hub model)."""
+    if entry["source"] == "random":
+        fields = {**GPT2_SHAPES[entry["architecture"]], **entry["overrides"]}
+    elif entry["source"] == "hub":
+        fields = GPT2_SHAPES.get(entry["hub_id"].removeprefix(HUB_ORGANISATION), {})
+    elif entry.get("path") and (Path(entry["path"]).expanduser() / "config.json").is_file():
+        fields = read_json(Path(entry["path"]).expanduser() / "config.json")
+    else:
+        return None
+    shape = {key: fields.get(key) for key in SHAPE_KEYS}
+    return shape if all(type(value) is int for value in shape.values()) else None
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every cross-key problem of a schema-valid config with its defaults filled in."""
+    shapes = {name: model_shape(entry) for name, entry in config["models"].items()}
+    return [
+        *_shape_problems(config, shapes),
+        *_intervention_head_problems(config, shapes),
+        *_role_problems(config),
+    ]
+
+
+def path_problems(config: Mapping[str, Any]) -> list[str]:
+    """Directories the config names that do not hold what the workflow will read from them."""
+    problems = []
+    try:
+        tokenizer = resolve_tokenizer_dir(config["tokenizer"])
+    except ModelCacheError as error:
+        where = "tokenizer" if config["tokenizer"] else f"${TOKENIZER_ENV} (tokenizer: null)"
+        problems.append(f"{where}: {error}")
+        tokenizer = None
+    else:
+        random_models = [name for name, entry in config["models"].items() if entry["source"] == "random"]
+        if tokenizer is None and random_models:
+            problems.append(
+                f"tokenizer: random stand-ins ({', '.join(random_models)}) come without a tokenizer; set "
+                f"`tokenizer:` or ${TOKENIZER_ENV} to a directory holding the GPT-2 tokenizer files"
+            )
+    for name, entry in config["models"].items():
+        if entry["source"] != "local":
+            continue
+        source = Path(entry["path"]).expanduser()
+        if not source.is_dir():
+            problems.append(f"models.{name}.path: {os.fspath(source)!r} is not a directory")
+        elif not (source / "config.json").is_file():
+            problems.append(
+                f"models.{name}.path: {os.fspath(source)!r} holds no config.json (not a Hugging Face model)"
+            )
+    return problems
+
+
+def _shape_problems(config: Mapping[str, Any], shapes: Mapping[str, dict[str, int] | None]) -> list[str]:
+    problems = []
+    for name, shape in shapes.items():
+        if shape is None:
+            continue
+        where = f"models.{name}.overrides" if config["models"][name]["source"] == "random" else f"models.{name}"
+        for key in SHAPE_KEYS:
+            if shape[key] < 1:
+                problems.append(f"{where}.{key}: {shape[key]} must be at least 1")
+        if shape["n_head"] >= 1 and shape["n_embd"] % shape["n_head"]:
+            problems.append(
+                f"{where}.n_head: {shape['n_head']} heads do not divide n_embd = {shape['n_embd']} "
+                "(each head gets n_embd / n_head dimensions)"
+            )
+    return problems
+
+
+def _intervention_head_problems(config: Mapping[str, Any], shapes: Mapping[str, dict[str, int] | None]) -> list[str]:
+    problems = []
+    for model, sets in config["intervention"]["heads"].items():
+        shape = shapes.get(model)
+        if shape is None:
+            continue  # an unknown model is the intervention rules' own error; an unknown shape, the job's
+        for set_name, heads in sets.items():
+            if heads == "auto":
+                continue
+            for i, (layer, head) in enumerate(heads):
+                if layer >= shape["n_layer"] or head >= shape["n_head"]:
+                    problems.append(
+                        f"intervention.heads.{model}.{set_name}[{i}]: head {layer}.{head} is outside {model} "
+                        f"({shape['n_layer']} layers x {shape['n_head']} heads, counted from 0)"
+                    )
+    return problems
+
+
+def _role_problems(config: Mapping[str, Any]) -> list[str]:
+    problems = []
+    stages = config["discovery"]["stages"]
+    for task in config["tasks"]:
+        for i, stage in enumerate(stages.get(task, [])):
+            if stage["position"] not in ROLES[task]:
+                problems.append(
+                    f"discovery.stages.{task}[{i}].position: {stage['position']!r} is not a role of {task}; "
+                    f"roles: {', '.join(ROLES[task])}"
+                )
+    task = "colored_objects"
+    if not {"ioi", task} <= set(config["tasks"]):
+        return problems  # the intervention runs only with both tasks
+    section = config["intervention"]
+    named = [("query_role", section["query_role"]), ("answer_role", section["answer_role"])]
+    named += [(f"target_roles[{i}]", role) for i, role in enumerate(section["target_roles"])]
+    for key, role in named:
+        if role not in ROLES[task]:
+            problems.append(f"intervention.{key}: {role!r} is not a role of {task}; roles: {', '.join(ROLES[task])}")
+    if section["block_span"] not in SPANS[task]:
+        problems.append(
+            f"intervention.block_span: {section['block_span']!r} is not a span of {task}; "
+            f"spans: {', '.join(SPANS[task])}"
+        )
+    stage_names = [stage["name"] for stage in stages.get(task, [])]
+    if section["mover_stage"] not in stage_names:
+        problems.append(
+            f"intervention.mover_stage: {section['mover_stage']!r} is not a discovery stage of {task}; "
+            f"stages: {', '.join(stage_names)}"
+        )
+    return problems

@@ -1,0 +1,36 @@
+"""What a workflow job prints: one traceback per failure, in its log and on the console; no kernel warnings."""
+
+import subprocess
+import sys
+
+import nbformat
+
+from circuit_reuse.notebooks import run_notebook
+
+FAILING_JOB = """
+from circuit_reuse.workflow import job_logging
+
+with job_logging({log!r}):
+    print("working")
+    raise ValueError("the job's own error")
+"""
+
+
+def test_a_failing_job_prints_its_traceback_once_to_the_log_and_once_to_the_console(tmp_path):
+    log = tmp_path / "job.log"
+    result = subprocess.run([sys.executable, "-c", FAILING_JOB.format(log=str(log))], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.count("Traceback") == 1 and "ValueError: the job's own error" in result.stderr
+    logged = log.read_text()
+    assert logged.count("Traceback") == 1 and "ValueError: the job's own error" in logged
+    assert logged.startswith("working\n")
+
+
+def test_notebooks_run_without_transport_warnings(tmp_path, capfd):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1 + 1\nx")]
+    nbformat.write(notebook, tmp_path / "tiny.ipynb")
+    executed = run_notebook(tmp_path / "tiny.ipynb", tmp_path / "out.ipynb", {}, cwd=tmp_path)
+    assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["data"]["text/plain"] == "2"
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
