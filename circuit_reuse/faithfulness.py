@@ -17,7 +17,10 @@ circuit's heads are kept while the other task's prompts, metric and reference di
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuit_reuse.ablation import (
+    ABLATIONS,
     ablated_end_logits,
     check_heads,
     reference_outputs,
@@ -142,10 +146,11 @@ def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int) -> list[list[Head]]:
+def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int, key: str = "") -> list[list[Head]]:
     """`repeats` random circuits with as many heads as `heads` in each layer (its size and layer profile).
 
-    Repeat r is drawn from a generator seeded by (seed, r) alone, so adding repeats keeps the earlier ones.
+    Repeat r is drawn from a generator seeded by (seed, crc32(key), r) alone, so adding repeats keeps the
+    earlier ones, and a circuit's controls (key: its task) are the same whichever task they are evaluated on.
     """
     per_layer: dict[int, int] = {}
     for layer, _ in {tuple(h) for h in heads}:
@@ -154,7 +159,7 @@ def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int
         raise FaithfulnessError("random circuits are matched to a circuit, and this one is empty")
     circuits = []
     for repeat in range(repeats):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, repeat]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode()), repeat]))
         chosen = [
             (layer, int(head))
             for layer, count in sorted(per_layer.items())
@@ -195,3 +200,103 @@ def curve_areas(percents: Sequence[float], f: Sequence[float]) -> tuple[float, f
     order = np.argsort(x)
     x, y = x[order], y[order]
     return float(np.trapezoid(y, x)), float(np.trapezoid(np.abs(1 - y), x))
+
+
+CIRCUIT_KINDS = ("circuit", "random", "top_k")
+DESCRIPTOR_COLUMNS = ["task", "circuit", "kind", "circuit_task", "percent", "repeat"]
+
+
+@dataclass(frozen=True)
+class FaithfulnessSettings:
+    """The `faithfulness` section of the config (workflow/schemas/config.schema.yaml documents each key)."""
+
+    ablations: tuple[str, ...] = ("mean", "resample")
+    n_prompts: int | None = 200
+    random_repeats: int = 5
+    curve_percents: tuple[float, ...] = CURVE_PERCENTS
+    seed: int = 0
+    batch_size: int = 25
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise FaithfulnessError(f"faithfulness.ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> FaithfulnessSettings:
+        return cls(
+            ablations=tuple(section["ablations"]),
+            n_prompts=section["n_prompts"],
+            random_repeats=section["random_repeats"],
+            curve_percents=tuple(section["curve_percents"]),
+            seed=section["seed"],
+            batch_size=section["batch_size"],
+        )
+
+
+def faithfulness_experiment(
+    model,
+    dataset: TaskDataset,
+    circuits: Mapping[str, Iterable[Head]],
+    importance: np.ndarray,
+    settings: FaithfulnessSettings,
+    corruption: str | None,
+    metric: Metric = logit_difference,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Every faithfulness number of one model on one task's prompts, as tidy tables.
+
+    `circuits` maps each task to its discovered circuit's heads (the dataset's own task and every other:
+    cross-task faithfulness); `importance` is the dataset's task's per-head path-patching importance
+    (`head_importance`), from which the curve's top-k% circuits are made. Each circuit also gets
+    `random_repeats` random circuits of its size and layer profile.
+
+    Returns "prompts" (one row per circuit, ablation and prompt), "summary" (one row per circuit and
+    ablation) and "curve" (the top-k% circuits' f with each ablation's CPR and CMD); every table carries
+    DESCRIPTOR_COLUMNS: the evaluated task, the circuit's name, its kind (circuit, random, top_k), the task
+    it was found on, the percentage (top_k) and the repeat (random).
+    """
+    if settings.n_prompts is not None:
+        dataset = dataset.subset(slice(0, settings.n_prompts))
+    n_heads = model.cfg.n_heads
+    named: dict[str, list[Head]] = {}
+    descriptors: dict[str, dict[str, Any]] = {}
+
+    def add(name, heads, kind, circuit_task, percent=np.nan, repeat=-1):
+        named[name] = sorted(heads)
+        descriptors[name] = {"kind": kind, "circuit_task": circuit_task, "percent": percent, "repeat": repeat}
+
+    for task, heads in circuits.items():
+        heads = sorted({tuple(h) for h in heads})
+        if not heads:
+            continue  # a circuit without heads has no faithfulness; it is absent from the tables
+        add(task, heads, "circuit", task)
+        for repeat, chosen in enumerate(random_circuits(heads, n_heads, settings.random_repeats, settings.seed, task)):
+            add(f"{task}/random{repeat}", chosen, "random", task, repeat=repeat)
+    for percent, heads in top_k_circuits(importance, settings.curve_percents).items():
+        add(f"top {percent:g}%", heads, "top_k", dataset.task, percent=float(percent))
+
+    prompts = pd.concat(
+        [
+            faithfulness_per_prompt(
+                model, dataset, named, ablation, corruption, metric, settings.batch_size, settings.seed, progress
+            )
+            for ablation in settings.ablations
+        ],
+        ignore_index=True,
+    )
+    summary = summarize(prompts)
+    tables = {"prompts": prompts, "summary": summary}
+    for name, table in tables.items():
+        described = pd.DataFrame([descriptors[c] for c in table["circuit"]], index=table.index)
+        tables[name] = pd.concat([table.assign(task=dataset.task), described], axis=1)[
+            DESCRIPTOR_COLUMNS + [c for c in table.columns if c != "circuit"]
+        ]
+    curve = tables["summary"][tables["summary"]["kind"] == "top_k"].sort_values(["ablation", "percent"])
+    curve = curve[DESCRIPTOR_COLUMNS + ["ablation", "n_heads", "f"]].reset_index(drop=True)
+    for _, group in curve.groupby("ablation", sort=False):
+        cpr, cmd = curve_areas(group["percent"], group["f"])
+        curve.loc[group.index, "cpr"] = cpr
+        curve.loc[group.index, "cmd"] = cmd
+    tables["curve"] = curve
+    return tables

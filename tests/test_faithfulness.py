@@ -18,7 +18,9 @@ from circuit_reuse.ablation import (
 from circuit_reuse.datasets import make_dataset
 from circuit_reuse.faithfulness import (
     FaithfulnessError,
+    FaithfulnessSettings,
     curve_areas,
+    faithfulness_experiment,
     faithfulness_per_prompt,
     head_importance,
     logit_difference,
@@ -216,3 +218,31 @@ def test_curve_areas_of_known_curves():
     assert curve_areas([100, 0], [1, 0]) == (pytest.approx(0.5), pytest.approx(0.5))
     cpr, cmd = curve_areas([0, 50, 100], [0, 2, 1])
     assert cpr == pytest.approx(1.25) and cmd == pytest.approx(0.75)
+
+
+def test_experiment_tables_describe_every_circuit(model, ioi):
+    settings = FaithfulnessSettings(
+        ablations=("mean", "zero"), n_prompts=6, random_repeats=2, curve_percents=(25, 50, 100), seed=1, batch_size=4
+    )
+    circuits = {"ioi": [(0, 1), (1, 2)], "other": [(1, 3)], "empty": []}
+    importance = np.arange(8, dtype=float).reshape(2, 4)
+    tables = faithfulness_experiment(model, ioi, circuits, importance, settings, "abc", progress=False)
+    summary = tables["summary"]
+    names = {"ioi", "other", "ioi/random0", "ioi/random1", "other/random0", "other/random1", "top 25%", "top 50%"}
+    assert set(summary["circuit"]) == names | {"top 100%"}
+    assert len(summary) == 2 * len(set(summary["circuit"]))
+    assert (summary["task"] == "ioi").all() and (summary["n"] == 6).all()
+    assert len(tables["prompts"]) == 6 * len(summary)
+    random = summary[summary["kind"] == "random"]
+    assert set(random["circuit_task"]) == {"ioi", "other"} and set(random["repeat"]) == {0, 1}
+    assert (random.groupby("circuit_task")["n_heads"].first() == pd.Series({"ioi": 2, "other": 1})).all()
+    curve = tables["curve"]
+    assert curve["percent"].tolist() == [25, 50, 100] * 2
+    assert curve["n_heads"].tolist() == [2, 4, 8] * 2
+    # every head kept: f = 1 exactly where m(M) != m(empty)
+    np.testing.assert_allclose(curve.loc[curve["percent"] == 100, "f"], 1.0, atol=1e-5)
+    for _, group in curve.groupby("ablation"):
+        cpr, cmd = curve_areas(group["percent"], group["f"])
+        assert (group["cpr"] == cpr).all() and (group["cmd"] == cmd).all()
+    top = summary.set_index(["circuit", "ablation"])
+    assert top.loc[("top 25%", "mean"), "n_heads"] == 2  # heads 1.3 and 1.2, the largest importance
