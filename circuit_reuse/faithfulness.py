@@ -169,16 +169,12 @@ def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int
     return circuits
 
 
-def head_importance(score_grids: Sequence[np.ndarray]) -> np.ndarray:
-    """Each head's path-patching importance over a task's stages: its largest |score| (0 where it has none)."""
-    stacked = np.abs(np.stack([np.asarray(g, dtype=float) for g in score_grids]))
-    with np.errstate(all="ignore"):
-        importance = np.nanmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=0)
-    return np.where(np.isfinite(importance), importance, 0.0)
-
-
 def top_k_circuits(importance: np.ndarray, percents: Sequence[float] = CURVE_PERCENTS) -> dict[float, list[Head]]:
-    """For each k, the top k% of heads by importance (at least one head; ties broken by layer, then head)."""
+    """For each k, the top k% of heads by importance (at least one head; ties broken by layer, then head).
+
+    `importance` is a [layer, head] grid, e.g. `circuit_reuse.overlap.normalised_importance` of a task's
+    stage grids.
+    """
     n_layers, n_heads = importance.shape
     order = sorted(((l, h) for l in range(n_layers) for h in range(n_heads)), key=lambda lh: (-importance[lh], lh))
     out = {}
@@ -248,7 +244,7 @@ def faithfulness_experiment(
 
     `circuits` maps each task to its discovered circuit's heads (the dataset's own task and every other:
     cross-task faithfulness); `importance` is the dataset's task's per-head path-patching importance
-    (`head_importance`), from which the curve's top-k% circuits are made. Each circuit also gets
+    (`circuit_reuse.overlap.normalised_importance`), from which the curve's top-k% circuits are made. Each circuit also gets
     `random_repeats` random circuits of its size and layer profile.
 
     Returns "prompts" (one row per circuit, ablation and prompt), "summary" (one row per circuit and

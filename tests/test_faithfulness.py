@@ -22,7 +22,6 @@ from circuit_reuse.faithfulness import (
     curve_areas,
     faithfulness_experiment,
     faithfulness_per_prompt,
-    head_importance,
     logit_difference,
     random_circuits,
     summarize,
@@ -202,11 +201,8 @@ def test_random_circuits_match_size_and_layer_profile():
         random_circuits([], n_heads=8, repeats=2, seed=0)
 
 
-def test_top_k_circuits_and_importance():
-    logits_stage = np.array([[0.1, np.nan], [-0.5, 0.2]])
-    query_stage = np.array([[0.3, np.nan], [np.nan, np.nan]])
-    importance = head_importance([logits_stage, query_stage])
-    np.testing.assert_array_equal(importance, [[0.3, 0.0], [0.5, 0.2]])
+def test_top_k_circuits():
+    importance = np.array([[0.3, 0.0], [0.5, 0.2]])
     circuits = top_k_circuits(importance, [25, 50, 100])
     assert circuits == {25: [(1, 0)], 50: [(1, 0), (0, 0)], 100: [(1, 0), (0, 0), (1, 1), (0, 1)]}
     with pytest.raises(FaithfulnessError, match=r"\(0, 100\]"):
