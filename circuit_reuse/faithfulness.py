@@ -244,8 +244,8 @@ def faithfulness_experiment(
 
     `circuits` maps each task to its discovered circuit's heads (the dataset's own task and every other:
     cross-task faithfulness); `importance` is the dataset's task's per-head path-patching importance
-    (`circuit_reuse.overlap.normalised_importance`), from which the curve's top-k% circuits are made. Each circuit also gets
-    `random_repeats` random circuits of its size and layer profile.
+    (`circuit_reuse.overlap.normalised_importance`), from which the curve's top-k% circuits are made.
+    Each circuit also gets `random_repeats` random circuits of its size and layer profile.
 
     Returns "prompts" (one row per circuit, ablation and prompt), "summary" (one row per circuit and
     ablation) and "curve" (the top-k% circuits' f with each ablation's CPR and CMD); every table carries
