@@ -91,9 +91,13 @@ def faithfulness_per_prompt(
         batch = dataset.subset(rows)
         replacement = replacement_outputs(model, prepared, rows, batch.end)
 
-        full, empty = (_measure(model, batch, keep, replacement, metric) for keep in (every_head, ()))
+        measured: dict[frozenset[Head], torch.Tensor] = {}  # circuits of equal heads (top 1% and 2%) run once
+        for heads in [frozenset(every_head), frozenset(), *kept.values()]:
+            if heads not in measured:
+                measured[heads] = _measure(model, batch, heads, replacement, metric)
+        full, empty = measured[frozenset(every_head)], measured[frozenset()]
         for name, heads in kept.items():
-            value = _measure(model, batch, heads, replacement, metric)
+            value = measured[heads]
             parts.append(
                 pd.DataFrame(
                     {
