@@ -3,14 +3,6 @@
 # task's prompts with its metric. Needs every circuit of the model, for the cross-task matrix.
 
 
-def faithfulness_path(model, task, table):
-    """Parquet: `prompts` (per prompt), `summary` (per circuit and ablation) or `curve` (top-k% circuits)."""
-    return f"results/faithfulness/{model}/{task}.{table}.parquet"
-
-
-FAITHFULNESS_TABLES = ("prompts", "summary", "curve")
-
-
 rule faithfulness:
     input:
         model=lambda wildcards: model_manifest(wildcards.model),
