@@ -24,7 +24,7 @@ PAPER_COLUMNS = ["model", "family", "metric", "value", "unit", "source"]
 COMPARISON_COLUMNS = [
     "model", "paper_model", "weights", "family", "metric", "unit", "run", "paper", "gap", "source",
 ]  # fmt: skip
-FAMILIES = ("baseline", "overlap", "intervention", "movers")
+FAMILIES = ("baseline", "overlap", "faithfulness", "intervention", "movers")
 # The factor that takes a run's value (as its tables store it) to the paper's unit.
 UNIT_SCALE = {"%": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0}
 
@@ -35,6 +35,8 @@ _ROWS = [
      "Wang et al. (2022): IO logit above S logit"),
     ("gpt2-small", "baseline", "ioi.prob_target_mean", 49.0, "%",
      "Wang et al. (2022): mean IO probability 0.49"),
+    ("gpt2-small", "faithfulness", "ioi.faithfulness", 87.0, "%",
+     "Wang et al. (2022): the IOI circuit keeps 87% of the logit difference (mean ablation over ABC prompts)"),
     ("gpt2-medium", "baseline", "colored_objects.accuracy", 49.6, "%",
      "Sec. 5 (intervention): Colored Objects accuracy without intervention"),
     ("gpt2-medium", "overlap", "iou", 25 / 32, "fraction",

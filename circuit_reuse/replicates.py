@@ -103,21 +103,40 @@ def _spearman_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+# The ablation of the headline faithfulness: Wang et al.'s 87% is with mean ablation.
+FAITHFULNESS_ABLATION = "mean"
+
+
+def _faithfulness_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    own = table[
+        (table["kind"] == "circuit")
+        & (table["circuit_task"] == table["task"])
+        & (table["ablation"] == FAITHFULNESS_ABLATION)
+    ]
+    return [
+        {"model": record["model"], "family": "faithfulness", "metric": f"{record['task']}.faithfulness",
+         "value": float(record["f"])}
+        for record in own.to_dict("records")
+    ]  # fmt: skip
+
+
 def headline_rows(
     baselines: pd.DataFrame | None = None,
     overlap: Iterable[pd.DataFrame] = (),
     intervention: Iterable[pd.DataFrame] = (),
     controls: Iterable[pd.DataFrame] = (),
     spearman: Iterable[pd.DataFrame] = (),
+    faithfulness: Iterable[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
     task (`baselines`, the workflow's baselines table), the overlap of the two circuits (one overlap summary
     per model), the intervention's accuracy per condition that ran (one accuracy table per model), the
-    random-head controls' mean accuracy (`controls`: controls_summary tables) and the movers' Spearman rho
-    of their logit-attribution change against importance (`spearman`: movers_spearman tables)."""
+    random-head controls' mean accuracy (`controls`: controls_summary tables), the movers' Spearman rho
+    of their logit-attribution change against importance (`spearman`: movers_spearman tables) and each
+    task's own circuit's faithfulness under mean ablation (`faithfulness`: faithfulness summary tables)."""
     rows = [] if baselines is None else _baseline_rows(baselines)
     for tables, build in ((overlap, _overlap_rows), (intervention, _intervention_rows), (controls, _control_rows),
-                          (spearman, _spearman_rows)):  # fmt: skip
+                          (spearman, _spearman_rows), (faithfulness, _faithfulness_rows)):  # fmt: skip
         for table in tables:
             rows += build(table)
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
@@ -136,6 +155,7 @@ def headline_numbers(results: str | os.PathLike) -> pd.DataFrame:
         [read_parquet(path) for path in sorted(results.glob("intervention/*/accuracy.parquet"))],
         [read_parquet(path) for path in sorted(results.glob("intervention/*/controls_summary.parquet"))],
         [read_parquet(path) for path in sorted(results.glob("intervention/*/movers_spearman.parquet"))],
+        [read_parquet(path) for path in sorted(results.glob("faithfulness/*/*.summary.parquet"))],
     )
 
 

@@ -74,7 +74,10 @@ def test_small_gets_the_ioi_baseline_and_an_unmatched_model_no_paper_value():
     baselines = pd.concat([_baselines("s", "ioi", 3.0, 0.8), _baselines("x", "ioi", 1.0, 0.2)])
     table = compare_to_paper(headline_rows(baselines), {"s": SMALL_HUB, "x": OTHER})
     small = table[table["model"] == "s"].set_index("metric")
-    assert set(small.index) == {"ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean"}
+    assert set(small.index) == {
+        "ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean", "ioi.faithfulness"
+    }  # fmt: skip
+    assert np.isnan(small.loc["ioi.faithfulness", "run"])  # no faithfulness table given
     assert small.loc["ioi.logit_diff_mean", "gap"] == pytest.approx(3.0 - 3.56)
     assert small.loc["ioi.beats_distractor_rate", "run"] == pytest.approx(50.0)
     other = table[table["model"] == "x"].set_index("metric")
@@ -108,3 +111,19 @@ def test_random_head_control_and_mover_spearman_are_compared():
     assert (control["run"], control["paper"]) == (50.0, 49.9) and control["gap"] == pytest.approx(0.1)
     rho = table.loc["both.spearman_rho"]  # the logit-attribution change, not the attention one
     assert (rho["run"], rho["paper"]) == (0.6, 0.69) and rho["gap"] == pytest.approx(-0.09)
+
+
+def test_own_circuit_faithfulness_under_mean_ablation_is_compared_with_wangs():
+    rows = [  # (circuit_task, task, kind, ablation, f): only the first is the headline
+        ("ioi", "ioi", "circuit", "mean", 0.8),
+        ("ioi", "ioi", "circuit", "resample", 0.3),
+        ("ioi", "ioi", "random", "mean", 0.1),
+        ("colored_objects", "ioi", "circuit", "mean", 0.5),
+    ]
+    summary = pd.DataFrame(
+        [{"model": "s", "circuit_task": c, "task": t, "kind": k, "ablation": a, "f": f} for c, t, k, a, f in rows]
+    )
+    headline = headline_rows(faithfulness=[summary])
+    assert headline[["family", "metric", "value"]].values.tolist() == [["faithfulness", "ioi.faithfulness", 0.8]]
+    row = compare_to_paper(headline, {"s": SMALL_HUB}).set_index("metric").loc["ioi.faithfulness"]
+    assert (row["run"], row["paper"], row["unit"]) == (80.0, 87.0, "%") and row["gap"] == pytest.approx(-7.0)

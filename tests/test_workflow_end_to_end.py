@@ -40,15 +40,17 @@ NOTEBOOK_RULES = (
     "notebook_intervention",
     "notebook_movers",
     "notebook_paper_comparison",
+    "notebook_faithfulness",
 )
 FIGURES = (
     ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison"]
     + [f"head_grids/{m}.{t}" for m in MODELS for t in TASKS]
     + [f"overlap/{m}" for m in MODELS]
     + [f"movers/{m}" for m in MODELS]
+    + [f"faithfulness/{m}" for m in MODELS]
 )
 TABLES = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison"] + [
-    f"{family}/{m}" for family in ("overlap", "movers") for m in MODELS
+    f"{family}/{m}" for family in ("overlap", "movers", "faithfulness") for m in MODELS
 ]
 
 
@@ -104,12 +106,26 @@ def test_every_target_is_built(smoke):
         assert (run / "results/tables" / f"{stem}.csv").is_file(), stem
         assert "\\begin{table}" in (run / "results/tables" / f"{stem}.tex").read_text(), stem
     executed = sorted(path.name for path in (run / "results/notebooks").glob("*.ipynb"))
-    assert len(executed) == 1 + 4 + 2 + 1 + 1 + 2 + 1, executed
+    assert len(executed) == 1 + 4 + 2 + 1 + 1 + 2 + 1 + 2, executed
     for model in MODELS:
         assert (run / f"results/overlap/{model}/summary.parquet").is_file()
         assert (run / f"results/intervention/{model}/accuracy.parquet").is_file()
         for task in TASKS:
             assert (run / f"results/circuits/{model}/{task}.json").is_file()
+
+
+def test_faithfulness_covers_every_circuit_on_every_task(smoke):
+    for model in MODELS:
+        for task in TASKS:
+            summary = read_parquet(smoke.run_dir / f"results/faithfulness/{model}/{task}.summary.parquet")
+            own = summary[summary["kind"] == "circuit"]
+            assert set(own["circuit_task"]) == set(TASKS) and set(own["ablation"]) == {"mean", "resample"}
+            assert (summary.loc[summary["kind"] == "random", "repeat"].max()) == 1  # the smoke config's 2 repeats
+            curve = read_parquet(smoke.run_dir / f"results/faithfulness/{model}/{task}.curve.parquet")
+            kept_all = curve[curve["percent"] == 100]
+            assert (kept_all["f"].sub(1).abs() < 1e-4).all()  # every head kept: the model itself
+            prompts = read_parquet(smoke.run_dir / f"results/faithfulness/{model}/{task}.prompts.parquet")
+            assert set(prompts["prompt"]) == set(range(24))
 
 
 def test_datasets_and_baselines_carry_their_config_and_tokenizer(smoke):
@@ -171,6 +187,7 @@ def test_a_new_selection_threshold_reruns_only_what_depends_on_it(smoke, tmp_pat
     later_stages = 2 * (3 + 2)  # per model: IOI's inhibition, induction, previous-token; Colored Objects' two
     assert planned["patch_stage"] == later_stages
     assert planned["assemble_circuit"] == 4 and planned["overlap"] == 2 and planned["intervention"] == 2
+    assert planned["faithfulness"] == 4
     for rule in ("notebook_head_grids", "notebook_overlap", "notebook_movers"):
         assert planned[rule] in (2, 4), rule
     untouched = {
@@ -193,7 +210,8 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     times = job_times(smoke.run_dir)
     expected = {
         "cache_tokenizer", "cache_model", "check_model", "make_dataset", "evaluate_baseline", "baseline_table",
-        "patch_stage", "head_detectors", "assemble_circuit", "overlap", "intervention", *NOTEBOOK_RULES,
+        "patch_stage", "head_detectors", "assemble_circuit", "overlap", "intervention", "faithfulness",
+        *NOTEBOOK_RULES,
     }  # fmt: skip
     assert set(times["rule"]) == expected
     assert (times["seconds"] > 0).all()

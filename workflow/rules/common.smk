@@ -61,6 +61,14 @@ def intervention_dir(model):
     return f"results/intervention/{model}"
 
 
+FAITHFULNESS_TABLES = ("prompts", "summary", "curve")
+
+
+def faithfulness_path(model, task, table):
+    """Parquet: `prompts` (per prompt), `summary` (per circuit and ablation) or `curve` (top-k% circuits)."""
+    return f"results/faithfulness/{model}/{task}.{table}.parquet"
+
+
 
 def detectors_path(model):
     """Previous-token, duplicate-token and induction scores of every head: Parquet, one row per head."""

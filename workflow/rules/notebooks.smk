@@ -185,6 +185,7 @@ rule notebook_paper_comparison:
         intervention=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         controls=[f"{intervention_dir(m)}/controls_summary.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         spearman=[f"{intervention_dir(m)}/movers_spearman.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
+        faithfulness=[faithfulness_path(m, t, "summary") for m in MODELS for t in TASKS],
     output:
         notebook=executed_notebook("07_paper_comparison"),
         **figure_outputs("paper_comparison", "paper_comparison", "7. This run beside the paper"),
@@ -196,6 +197,7 @@ rule notebook_paper_comparison:
             "intervention": list(input.intervention),
             "controls": list(input.controls),
             "spearman": list(input.spearman),
+            "faithfulness": list(input.faithfulness),
             "models": {name: dict(spec) for name, spec in config["models"].items()},
             **stems(output),
         },
@@ -211,3 +213,35 @@ rule notebook_paper_comparison:
 
 
 ALL_TARGETS.append(f"{FIGURES_DIR}/paper_comparison.png")
+
+
+rule notebook_faithfulness:
+    input:
+        notebook=notebook_source("08_faithfulness"),
+        summary=lambda wildcards: [faithfulness_path(wildcards.model, t, "summary") for t in TASKS],
+        curve=lambda wildcards: [faithfulness_path(wildcards.model, t, "curve") for t in TASKS],
+        prompts=lambda wildcards: [faithfulness_path(wildcards.model, t, "prompts") for t in TASKS],
+    output:
+        notebook=executed_notebook("08_faithfulness", ".{model}"),
+        **figure_outputs("faithfulness/{model}", "faithfulness", "8. Circuit faithfulness", "{model}"),
+        **table_outputs("faithfulness/{model}"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "model": wildcards.model,
+            "summary": list(input.summary),
+            "curve": list(input.curve),
+            "prompts": list(input.prompts),
+            **stems(output),
+        },
+    threads: job_threads("light")
+    resources:
+        **job_resources("light"),
+    benchmark:
+        "benchmarks/notebook_faithfulness/{model}.tsv",
+    log:
+        "logs/notebook_faithfulness/{model}.log",
+    script:
+        "../../scripts/run_notebook.py"
+
+
+ALL_TARGETS.extend(f"{FIGURES_DIR}/faithfulness/{m}.png" for m in MODELS)
