@@ -52,10 +52,25 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     _fill_defaults(filled, schema, schema)
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = [_describe(error) for error in errors]
+    lines = [_describe(error) for error in errors] or _shape_problems(filled)
+    if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
     return _canonical_order(filled)
+
+
+def _shape_problems(config: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say: every model's n_head must divide its n_embd."""
+    from circuit_reuse.models import GPT2_SHAPES
+
+    problems = []
+    for name, model in config["models"].items():
+        shape = {**GPT2_SHAPES.get(model.get("architecture", "gpt2"), {}), **model.get("overrides", {})}
+        if "n_head" in shape and "n_embd" in shape and shape["n_embd"] % shape["n_head"]:
+            problems.append(
+                f"models.{name}.overrides: n_head {shape['n_head']} does not divide n_embd {shape['n_embd']} "
+                "(each head gets n_embd / n_head dimensions)"
+            )
+    return problems
 
 
 def _canonical_order(value: Any, path: tuple[str, ...] = ()) -> Any:
