@@ -12,13 +12,14 @@ The recipe, and why:
   or above `TRAINING_SEED_BASE`. The workflow's datasets use seeds below it (the schema enforces that), so
   no evaluation prompt comes from a training seed. Held-out accuracy during training uses one more seed
   of the training range that no pool uses.
-- The loss is the answer's cross-entropy at END over the whole vocabulary (what evaluation measures:
-  the argmax over every token), plus, weighted by `lm_loss_weight`, next-token prediction over the rest
-  of the prompt. The language-modelling term is what lets one-shot retrieval be learned: in Colored
-  Objects the solved example's "A: Orange" is itself a retrieval of a colour from a list, and in IOI
-  predicting S2 asks which of the two names comes back. Off END its softmax runs over the tokens the
-  training prompts use (a few hundred) instead of all 50257: a full softmax at every position would cost
-  many times the transformer itself on a model this small, and those positions only teach structure.
+- The loss is the answer's cross-entropy at END (what evaluation measures: the argmax over the whole
+  vocabulary), plus, weighted by `lm_loss_weight`, next-token prediction over the rest of the prompt.
+  The language-modelling term is what lets one-shot retrieval be learned: in Colored Objects the solved
+  example's "A: Orange" is itself a retrieval of a colour from a list, and in IOI predicting S2 asks which
+  of the two names comes back.
+- Both are exact softmaxes over all 50257 tokens at little cost: the tokens the prompts never use share
+  one embedding row during training (see `_TaskVocabulary`), so the output layer has a few hundred
+  columns instead of 50257, and the saved model is the full GPT-2 that this parameterisation describes.
 - AdamW with a linear warmup and a cosine decay to zero; no dropout (the prompts are plentiful and
   dropout would make the weights depend on more random state).
 
@@ -216,7 +217,9 @@ class _TaskVocabulary:
         model = GPT2LMHeadModel(full_config)
         missing, unexpected = model.load_state_dict({**state, "transformer.wte.weight": embedding}, strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
-            raise TrainingError(f"expanding the organism's vocabulary failed: missing {missing}, unexpected {unexpected}")
+            raise TrainingError(
+                f"expanding the organism's vocabulary failed: missing {missing}, unexpected {unexpected}"
+            )
         model.tie_weights()
         return model.eval()
 
@@ -373,7 +376,10 @@ def train_organism(
                     sums[task] = [0.0, 0.0, 0]
             model.train()
             bar.set_postfix(
-                {f"{row['task']}": f"loss {row['train_loss']:.3f} acc {row['held_out_accuracy']:.1%}" for row in rows[-len(tasks):]}
+                {
+                    f"{row['task']}": f"loss {row['train_loss']:.3f} acc {row['held_out_accuracy']:.1%}"
+                    for row in rows[-len(tasks) :]
+                }
             )
     out_dir = Path(out_dir)
     vocabulary.expand(model, gpt2_config).save_pretrained(out_dir, safe_serialization=True)

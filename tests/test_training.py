@@ -57,7 +57,12 @@ def _error(config) -> str:
 
 
 def _spec(seed: int = 0, **training_changes) -> ModelSpec:
-    entry = {"source": "trained", "overrides": TINY_SHAPE, "seed": seed, "training": {**TINY_TRAINING, **training_changes}}
+    entry = {
+        "source": "trained",
+        "overrides": TINY_SHAPE,
+        "seed": seed,
+        "training": {**TINY_TRAINING, **training_changes},
+    }
     return organism_spec("org", entry, TASKS)
 
 
@@ -165,7 +170,9 @@ def test_learning_rate_warms_up_linearly_then_decays_by_a_cosine_to_zero():
 
 def test_training_seeds_are_disjoint_from_evaluation_seeds_and_from_each_other():
     schema = load_schema()["$defs"]
-    highest_task_seed = min(schema[f"{task}_task"]["properties"]["seed"]["maximum"] for task in ("ioi", "colored_objects"))
+    highest_task_seed = min(
+        schema[f"{task}_task"]["properties"]["seed"]["maximum"] for task in ("ioi", "colored_objects")
+    )
     seeds = [training_seed(seed, task, chunk) for seed in (0, 1, 7) for task in training.TASKS for chunk in (0, 1, 19)]
     held = [training_seed(seed, task, training.HELD_OUT_CHUNK) for seed in (0, 1, 7) for task in training.TASKS]
     assert min(seeds + held) > highest_task_seed

@@ -1,0 +1,114 @@
+"""The organisms' CI configuration (workflow/configs/organisms-ci.yaml) through the whole DAG: a small GPT-2
+trained by the workflow on the tasks, then every stage on a model that does them.
+
+These are properties a working chain must show on a model that does the tasks, asserted as inequalities
+whose margins were measured on this configuration (see the README's "Model organisms"): the organism
+reaches the accuracy target on held-out prompts, discovery finds heads at every stage its depth allows,
+and overriding the attention of the discovered heads moves Colored Objects accuracy further than the same
+override on random heads. One module-scoped run (training included, a few minutes on two cores) serves
+every test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from circuit_reuse.circuits import load_circuit
+from circuit_reuse.io import read_json, read_parquet
+from circuit_reuse.models import verify_cache
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "workflow" / "configs" / "organisms-ci.yaml"
+TASKS = ("ioi", "colored_objects")
+# The accuracy every organism must reach on the workflow's own (evaluation-seed) prompts.
+ACCURACY_TARGET = 0.95
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer_dir) -> Path:
+    root = tmp_path_factory.mktemp("organisms")
+    for part in ("workflow", "scripts", "notebooks"):
+        shutil.copytree(REPO / part, root / "repo" / part, ignore=shutil.ignore_patterns("example_output"))
+    run_dir = root / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)}
+    command = [
+        sys.executable, "-m", "snakemake", "--cores", "2",
+        "--snakefile", str(root / "repo" / "workflow" / "Snakefile"),
+        "--configfile", str(CONFIG), "--directory", str(run_dir),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return run_dir
+
+
+def _models() -> list[str]:
+    return list(yaml.safe_load(CONFIG.read_text())["models"])
+
+
+def test_every_organism_is_cached_with_its_training_curve_and_figure(run):
+    for model in _models():
+        manifest = verify_cache(run / f"results/models/{model}")
+        assert manifest["spec"]["source"] == "trained"
+        curve = pd.read_csv(run / f"results/models/{model}/training_curve.csv")
+        assert set(curve["task"]) == set(TASKS)
+    assert (run / "figures/training_curves.png").stat().st_size > 1000
+    assert len(pd.read_csv(run / "results/tables/training_curves.csv")) == len(_models()) * len(TASKS)
+
+
+def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
+    baselines = read_parquet(run / "results/tables/baselines.parquet")
+    clean = baselines[baselines["condition"] == "clean"]
+    assert len(clean) == len(_models()) * len(TASKS)
+    assert (clean["accuracy"] >= ACCURACY_TARGET).all(), clean[["model", "task", "accuracy"]]
+    assert (clean["logit_diff_ci_low"] > 0).all()
+    # On corrupted prompts the answer moves with the corruption: the organism tracks it.
+    corrupted = baselines[baselines["condition"] == "corrupted"]
+    assert (corrupted["accuracy"] >= ACCURACY_TARGET).all(), corrupted[["model", "task", "accuracy"]]
+
+
+def test_every_stage_the_depth_allows_finds_heads_above_the_threshold(run):
+    config = yaml.safe_load(CONFIG.read_text())
+    threshold = config["discovery"]["selection"]["threshold"]
+    for model in _models():
+        for task in TASKS:
+            circuit = load_circuit(run / f"results/circuits/{model}/{task}.json")
+            for stage in circuit.stages:
+                if stage.below_layer > 0:
+                    assert stage.heads, f"{model} {task}: stage {stage.name} found no head with |score| >= {threshold}"
+
+
+def test_overriding_the_discovered_heads_moves_accuracy_more_than_random_heads(run):
+    for model in _models():
+        accuracy = read_parquet(run / f"results/intervention/{model}/accuracy.parquet").set_index("condition")
+        controls = read_parquet(run / f"results/intervention/{model}/controls_summary.parquet")
+        baseline = accuracy.loc["none", "accuracy"]
+        moved = False
+        for row in controls.itertuples():
+            if pd.isna(row.intervened_accuracy):
+                continue  # a head set the circuits left empty
+            discovered = abs(row.intervened_accuracy - baseline)
+            random_heads = abs(row.random_mean - baseline)
+            moved = moved or discovered > random_heads + 0.05
+        assert moved, controls
+
+
+def test_a_second_run_does_nothing_and_retrains_nothing(run, tokenizer_dir):
+    repo = run.parent / "repo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)}
+    command = [
+        sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(repo / "workflow" / "Snakefile"),
+        "--configfile", str(CONFIG), "--directory", str(run),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+    for model in _models():
+        assert read_json(run / f"results/models/{model}/manifest.json")["spec"]["training"]
