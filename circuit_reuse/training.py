@@ -309,7 +309,7 @@ def train_organism(
     recipe.check()
     tokenizer = as_tokenizer(tokenizer)
     pad = tokenizer.eos_token_id
-    tasks = [task for task, weight in recipe.tasks.items() if weight > 0]
+    tasks = sorted(task for task, weight in recipe.tasks.items() if weight > 0)  # key order changes nothing
     counts = recipe.batch_counts()
     n_chunks = math.ceil(recipe.prompts_per_task / POOL_CHUNK)
     n_held_chunks = math.ceil(recipe.eval_prompts / POOL_CHUNK)

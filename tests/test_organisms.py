@@ -1,4 +1,4 @@
-"""The organisms' CI configuration (workflow/configs/organisms-ci.yaml) through the whole DAG: a small GPT-2
+"""The organisms' configuration (workflow/configs/organisms.yaml) through the whole DAG: a small GPT-2
 trained by the workflow on the tasks, then every stage on a model that does them.
 
 These are properties a working chain must show on a model that does the tasks, asserted as inequalities
@@ -22,31 +22,41 @@ import pytest
 import yaml
 
 from circuit_reuse.circuits import load_circuit
-from circuit_reuse.io import read_json, read_parquet
+from circuit_reuse.io import read_parquet
 from circuit_reuse.models import verify_cache
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "workflow" / "configs" / "organisms-ci.yaml"
+CONFIG = REPO / "workflow" / "configs" / "organisms.yaml"
 TASKS = ("ioi", "colored_objects")
 # The accuracy every organism must reach on the workflow's own (evaluation-seed) prompts.
 ACCURACY_TARGET = 0.95
 
 
+# A finished run of CONFIG to check instead of running it again (e.g. the one whose figures are committed).
+FINISHED_RUN_ENV = "CIRCUIT_REUSE_ORGANISMS_RUN"
+
+
+def _snakemake(snakefile: Path, run_dir: Path, tokenizer_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)}
+    command = [
+        sys.executable, "-m", "snakemake", *args, "--cores", "2", "--snakefile", str(snakefile),
+        "--configfile", str(CONFIG), "--directory", str(run_dir),
+    ]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tokenizer_dir) -> Path:
+def run(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
+    """(the run directory, the Snakefile it was run with)."""
+    if os.environ.get(FINISHED_RUN_ENV):
+        return Path(os.environ[FINISHED_RUN_ENV]), REPO / "workflow" / "Snakefile"
     root = tmp_path_factory.mktemp("organisms")
     for part in ("workflow", "scripts", "notebooks"):
         shutil.copytree(REPO / part, root / "repo" / part, ignore=shutil.ignore_patterns("example_output"))
-    run_dir = root / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)}
-    command = [
-        sys.executable, "-m", "snakemake", "--cores", "2",
-        "--snakefile", str(root / "repo" / "workflow" / "Snakefile"),
-        "--configfile", str(CONFIG), "--directory", str(run_dir),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    snakefile, run_dir = root / "repo" / "workflow" / "Snakefile", root / "run"
+    result = _snakemake(snakefile, run_dir, tokenizer_dir)
     assert result.returncode == 0, result.stderr[-5000:]
-    return run_dir
+    return run_dir, snakefile
 
 
 def _models() -> list[str]:
@@ -54,17 +64,19 @@ def _models() -> list[str]:
 
 
 def test_every_organism_is_cached_with_its_training_curve_and_figure(run):
+    run_dir, _ = run
     for model in _models():
-        manifest = verify_cache(run / f"results/models/{model}")
+        manifest = verify_cache(run_dir / f"results/models/{model}")
         assert manifest["spec"]["source"] == "trained"
-        curve = pd.read_csv(run / f"results/models/{model}/training_curve.csv")
+        curve = pd.read_csv(run_dir / f"results/models/{model}/training_curve.csv")
         assert set(curve["task"]) == set(TASKS)
-    assert (run / "figures/training_curves.png").stat().st_size > 1000
-    assert len(pd.read_csv(run / "results/tables/training_curves.csv")) == len(_models()) * len(TASKS)
+    assert (run_dir / "figures/training_curves.png").stat().st_size > 1000
+    assert len(pd.read_csv(run_dir / "results/tables/training_curves.csv")) == len(_models()) * len(TASKS)
 
 
 def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
-    baselines = read_parquet(run / "results/tables/baselines.parquet")
+    run_dir, _ = run
+    baselines = read_parquet(run_dir / "results/tables/baselines.parquet")
     clean = baselines[baselines["condition"] == "clean"]
     assert len(clean) == len(_models()) * len(TASKS)
     assert (clean["accuracy"] >= ACCURACY_TARGET).all(), clean[["model", "task", "accuracy"]]
@@ -75,20 +87,22 @@ def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
 
 
 def test_every_stage_the_depth_allows_finds_heads_above_the_threshold(run):
+    run_dir, _ = run
     config = yaml.safe_load(CONFIG.read_text())
     threshold = config["discovery"]["selection"]["threshold"]
     for model in _models():
         for task in TASKS:
-            circuit = load_circuit(run / f"results/circuits/{model}/{task}.json")
+            circuit = load_circuit(run_dir / f"results/circuits/{model}/{task}.json")
             for stage in circuit.stages:
                 if stage.below_layer > 0:
                     assert stage.heads, f"{model} {task}: stage {stage.name} found no head with |score| >= {threshold}"
 
 
 def test_overriding_the_discovered_heads_moves_accuracy_more_than_random_heads(run):
+    run_dir, _ = run
     for model in _models():
-        accuracy = read_parquet(run / f"results/intervention/{model}/accuracy.parquet").set_index("condition")
-        controls = read_parquet(run / f"results/intervention/{model}/controls_summary.parquet")
+        accuracy = read_parquet(run_dir / f"results/intervention/{model}/accuracy.parquet").set_index("condition")
+        controls = read_parquet(run_dir / f"results/intervention/{model}/controls_summary.parquet")
         baseline = accuracy.loc["none", "accuracy"]
         moved = False
         for row in controls.itertuples():
@@ -101,14 +115,7 @@ def test_overriding_the_discovered_heads_moves_accuracy_more_than_random_heads(r
 
 
 def test_a_second_run_does_nothing_and_retrains_nothing(run, tokenizer_dir):
-    repo = run.parent / "repo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CIRCUIT_REUSE_TOKENIZER": str(tokenizer_dir)}
-    command = [
-        sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(repo / "workflow" / "Snakefile"),
-        "--configfile", str(CONFIG), "--directory", str(run),
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    run_dir, snakefile = run
+    result = _snakemake(snakefile, run_dir, tokenizer_dir, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
-    for model in _models():
-        assert read_json(run / f"results/models/{model}/manifest.json")["spec"]["training"]
