@@ -5,8 +5,10 @@ These are properties a working chain must show on a model that does the tasks, a
 whose margins were measured on this configuration (see the README's "Model organisms"): the organisms do
 IOI on the evaluation prompts, discovery finds heads at every stage their depth allows, and overriding the
 attention of the discovered heads moves Colored Objects accuracy further than the same override on
-random heads. Circuit faithfulness is not asserted yet: that analysis is not in the workflow. One module-scoped run (training included, a few minutes on two cores) serves
-every test.
+random heads. Circuit faithfulness is not asserted yet: that analysis is not in the workflow.
+
+One module-scoped run (training included) serves every test; CIRCUIT_REUSE_ORGANISMS_RUN names a finished
+run of this config to check instead.
 """
 
 from __future__ import annotations
