@@ -53,9 +53,10 @@ def source_key_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) ->
 
 
 def model_shape(entry: Mapping[str, Any]) -> dict[str, int] | None:
-    """n_layer, n_head and n_embd of a model entry, where the config alone says them: a random stand-in's,
-    a released GPT-2's on the Hub, a local directory's config.json; None otherwise (another Hub model)."""
-    if entry["source"] == "random":
+    """n_layer, n_head and n_embd of a model entry, where the config alone says them: a random stand-in's or
+    an organism's, a released GPT-2's on the Hub, a local directory's config.json; None otherwise (another
+    Hub model)."""
+    if entry["source"] in ("random", "trained"):
         fields = {**GPT2_SHAPES[entry["architecture"]], **entry["overrides"]}
     elif entry["source"] == "hub":
         fields = GPT2_SHAPES.get(entry["hub_id"].removeprefix(HUB_ORGANISATION), {})
@@ -87,10 +88,10 @@ def path_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append(f"{where}: {error}")
         tokenizer = None
     else:
-        random_models = [name for name, entry in config["models"].items() if entry["source"] == "random"]
-        if tokenizer is None and random_models:
+        built = [name for name, entry in config["models"].items() if entry["source"] in ("random", "trained")]
+        if tokenizer is None and built:
             problems.append(
-                f"tokenizer: random stand-ins ({', '.join(random_models)}) come without a tokenizer; set "
+                f"tokenizer: random stand-ins and organisms ({', '.join(built)}) come without a tokenizer; set "
                 f"`tokenizer:` or ${TOKENIZER_ENV} to a directory holding the GPT-2 tokenizer files"
             )
     for name, entry in config["models"].items():
@@ -111,7 +112,8 @@ def _shape_problems(config: Mapping[str, Any], shapes: Mapping[str, dict[str, in
     for name, shape in shapes.items():
         if shape is None:
             continue
-        where = f"models.{name}.overrides" if config["models"][name]["source"] == "random" else f"models.{name}"
+        built_here = config["models"][name]["source"] in ("random", "trained")
+        where = f"models.{name}.overrides" if built_here else f"models.{name}"
         for key in SHAPE_KEYS:
             if shape[key] < 1:
                 problems.append(f"{where}.{key}: {shape[key]} must be at least 1")

@@ -1,6 +1,7 @@
 """Model caching and loading.
 
-A model spec from the config (a Hub id, a local directory, or a seeded random stand-in) is resolved once
+A model spec from the config (a Hub id, a local directory, a seeded random stand-in, or an organism trained
+on the tasks by `circuit_reuse.training`) is resolved once
 into a local Hugging Face directory with a manifest: where it came from, the sha256 of every file, the
 model config and the package versions. Every later job loads from that directory alone, so cluster nodes
 without internet never touch the Hub, and a file that changed after caching is caught before it is used.
@@ -71,13 +72,14 @@ class ModelSpec:
     """Where a model comes from. Built from one entry of the config's `models` section."""
 
     name: str
-    source: Literal["hub", "local", "random"]
+    source: Literal["hub", "local", "random", "trained"]
     hub_id: str | None = None
     revision: str = "main"
     path: str | None = None
     architecture: str = "gpt2"
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
@@ -141,8 +143,14 @@ def cache_model(
             _copy_local(spec, work)
         elif spec.source == "random":
             _build_random(spec, work)
+        elif spec.source == "trained":
+            from circuit_reuse.training import build_organism
+
+            build_organism(spec, work, tokenizer_path)
         else:
-            raise ModelCacheError(f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random")
+            raise ModelCacheError(
+                f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random, trained"
+            )
         if not any((work / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             if tokenizer_path is None:
                 raise ModelCacheError(

@@ -1,10 +1,13 @@
 """The Snakemake workflow's DAG, lint and config checks, run offline through the snakemake CLI."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -119,3 +122,55 @@ def test_smoke_config_caches_its_models_offline(tmp_path, tokenizer_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "results/models/tiny-b/model.safetensors").is_file()
     assert "cached tiny-a: 8 files" in (tmp_path / "logs/cache_model/tiny-a.log").read_text()
+
+
+def _organism_config(tmp_path, training):
+    config = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    config["models"]["organism"] = {
+        "source": "trained",
+        "overrides": {"n_layer": 2, "n_head": 4, "n_embd": 64},
+        "training": training,
+    }
+    path = tmp_path / "organism.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_organism_is_trained_by_its_own_rule_and_gets_a_training_curve_figure(tmp_path):
+    training = {"tasks": {"ioi": 1, "colored_objects": 1}, "steps": 10, "batch_size": 8, "learning_rate": 0.001}
+    config = _organism_config(tmp_path, training)
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--configfile",
+        str(config),
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    train_jobs = re.findall(r"rule train_model:\n(?:\s+.*\n)*?\s+output: (.+)", output)
+    cache_jobs = re.findall(r"rule cache_model:\n(?:\s+.*\n)*?\s+output: (\S+)", output)
+    assert train_jobs == ["results/models/organism/manifest.json, results/models/organism/training_curve.csv"]
+    assert sorted(cache_jobs) == ["results/models/tiny-a/manifest.json", "results/models/tiny-b/manifest.json"]
+    assert "figures/training_curves.png" in output
+
+
+def test_a_bad_training_recipe_fails_before_any_job_with_the_key_named(tmp_path):
+    training = {"tasks": {"ioi": 1, "sums": 1}, "steps": -1, "batch_size": 8, "learning_rate": 0.001}
+    config = _organism_config(tmp_path, training)
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--configfile",
+        str(config),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "models.organism.training.tasks" in output and "'sums'" in output
+    assert "models.organism.training.steps" in output
+    assert "train_model" not in output and "cache_model" not in output

@@ -3,6 +3,7 @@
 # elsewhere (the smoke run, the tests) stays self-contained.
 
 import os
+import re
 from dataclasses import asdict
 
 from circuit_reuse.discovery import StageError, parse_stages
@@ -14,6 +15,21 @@ def model_dir(model):
 
 def model_manifest(model):
     return f"{model_dir(model)}/manifest.json"
+
+
+def training_curve_path(model):
+    """An organism's loss and held-out accuracy per task over training steps (CSV), cached beside its weights."""
+    return f"{model_dir(model)}/training_curve.csv"
+
+
+# Organisms (source: trained) are trained by a compute job; every other model is fetched by cache_model.
+TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "trained"]
+FETCHED_MODELS = [m for m in MODELS if m not in TRAINED_MODELS]
+
+
+def one_of(names):
+    """A wildcard pattern matching exactly these names; nothing at all when there are none."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 TOKENIZER_DIR = "results/tokenizer"

@@ -3,6 +3,8 @@
 
 
 rule cache_model:
+    wildcard_constraints:
+        model=one_of(FETCHED_MODELS),
     output:
         manifest=model_manifest("{model}"),
     params:
@@ -19,6 +21,31 @@ rule cache_model:
         "logs/cache_model/{model}.log",
     script:
         "../../scripts/cache_model.py"
+
+
+# An organism: a small GPT-2 trained on the tasks' own generators (circuit_reuse/training.py), on the CPU
+# threads of a model job, into a temporary directory renamed into place when it is done. Its training
+# prompts use the workflow's cached tokenizer and the tasks' configured vocabularies.
+rule train_model:
+    wildcard_constraints:
+        model=one_of(TRAINED_MODELS),
+    input:
+        tokenizer=TOKENIZER_MANIFEST,
+    output:
+        manifest=model_manifest("{model}"),
+        curve=training_curve_path("{model}"),
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+        tasks=config["tasks"],
+    threads: job_threads("model")
+    resources:
+        **job_resources("model"),
+    benchmark:
+        "benchmarks/train_model/{model}.tsv",
+    log:
+        "logs/train_model/{model}.log",
+    script:
+        "../../scripts/train_model.py"
 
 
 # The first job of each model on a compute node: load the cache the way every model job does (Hub offline,
@@ -43,3 +70,4 @@ rule check_model:
 
 ALL_TARGETS.extend(model_manifest(m) for m in MODELS)
 ALL_TARGETS.extend(model_check_path(m) for m in MODELS)
+ALL_TARGETS.extend(training_curve_path(m) for m in TRAINED_MODELS)

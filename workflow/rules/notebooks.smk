@@ -245,3 +245,32 @@ rule notebook_faithfulness:
 
 
 ALL_TARGETS.extend(f"{FIGURES_DIR}/faithfulness/{m}.png" for m in MODELS)
+
+
+if TRAINED_MODELS:
+
+    rule notebook_training_curves:
+        input:
+            notebook=notebook_source("09_training_curves"),
+            curves=[training_curve_path(m) for m in TRAINED_MODELS],
+        output:
+            notebook=executed_notebook("09_training_curves"),
+            **figure_outputs("training_curves", "training_curves", "0. Model organisms"),
+            **table_outputs("training_curves"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "models": list(TRAINED_MODELS),
+                "curves": list(input.curves),
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        benchmark:
+            "benchmarks/notebook_training_curves.tsv",
+        log:
+            "logs/notebook_training_curves.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    ALL_TARGETS.append(f"{FIGURES_DIR}/training_curves.png")

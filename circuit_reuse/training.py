@@ -1,0 +1,402 @@
+"""Model organisms: small GPT-2s trained on the tasks' own generators, so every stage meets a model that
+does the tasks.
+
+`train_organism` builds a GPT-2 of the configured shape (real GPT-2 tokenizer and vocabulary), trains it
+on prompts from `circuit_reuse.datasets` and writes it as a Hugging Face directory with its training
+curve. `circuit_reuse.models.cache_model` calls it for `source: trained` and caches the result like every
+other model (built in a temporary directory, renamed into place at the end, with a manifest).
+
+The recipe, and why:
+
+- Each task contributes a pool of distinct training prompts (`prompts_per_task`), drawn from seeds at
+  or above `TRAINING_SEED_BASE`. The workflow's datasets use seeds below it (the schema enforces that), so
+  no evaluation prompt comes from a training seed. Held-out accuracy during training uses one more seed
+  of the training range that no pool uses.
+- The loss is the answer's cross-entropy at END (what evaluation measures: the argmax over the whole
+  vocabulary), plus, weighted by `lm_loss_weight`, next-token prediction over the rest of the prompt.
+  The language-modelling term is what lets one-shot retrieval be learned: in Colored Objects the solved
+  example's "A: Orange" is itself a retrieval of a colour from a list, and in IOI predicting S2 asks which
+  of the two names comes back.
+- Both are exact softmaxes over all 50257 tokens at little cost: the tokens the prompts never use share
+  one embedding row during training (see `_TaskVocabulary`), so the output layer has a few hundred
+  columns instead of 50257, and the saved model is the full GPT-2 that this parameterisation describes.
+- AdamW with a linear warmup and a cosine decay to zero; no dropout (the prompts are plentiful and
+  dropout would make the weights depend on more random state).
+
+Same config, same machine, same thread count: the same bytes of weights (initialisation and batch order
+come from `seed` alone).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from circuit_reuse.datasets import END, TASKS, DatasetError, generate_records, pad_tokens
+
+# Dataset seeds in the config stay below this; every training prompt comes from a seed at or above it.
+TRAINING_SEED_BASE = 2**40
+# Prompts per generator call while building a pool: each chunk has its own seed, so a longer pool keeps
+# the prompts of a shorter one.
+POOL_CHUNK = 500
+SEED_BLOCK = 2**20
+HELD_OUT_CHUNK = SEED_BLOCK - 1
+CURVE_NAME = "training_curve.csv"
+CURVE_COLUMNS = [
+    "step",
+    "task",
+    "learning_rate",
+    "train_loss",
+    "train_accuracy",
+    "held_out_loss",
+    "held_out_accuracy",
+]
+
+
+class TrainingError(ValueError):
+    """A training recipe that cannot run (unknown task, a shape that does not divide, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How an organism is trained: one `training` entry of a `source: trained` model in the config."""
+
+    tasks: Mapping[str, float]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    seed: int = 0
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    lm_loss_weight: float = 1.0
+    prompts_per_task: int = 10000
+    eval_every: int = 50
+    eval_prompts: int = 200
+    task_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, entry: Mapping[str, Any]) -> TrainingRecipe:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise TrainingError(f"training: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        recipe = cls(**entry)
+        recipe.check()
+        return recipe
+
+    def check(self) -> None:
+        """Raise TrainingError naming the key of the first problem."""
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise TrainingError(f"training.tasks: unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+        if not self.tasks:
+            raise TrainingError("training.tasks: name at least one task")
+        for task, weight in self.tasks.items():
+            if not weight >= 0:
+                raise TrainingError(f"training.tasks.{task}: the weight must be >= 0, got {weight}")
+        if sum(self.tasks.values()) <= 0:
+            raise TrainingError("training.tasks: the weights must not all be 0")
+        for key in ("steps", "batch_size", "prompts_per_task", "eval_every", "eval_prompts"):
+            if getattr(self, key) < 1:
+                raise TrainingError(f"training.{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "weight_decay", "lm_loss_weight", "seed"):
+            if getattr(self, key) < 0:
+                raise TrainingError(f"training.{key}: must be >= 0, got {getattr(self, key)}")
+        if not self.learning_rate > 0:
+            raise TrainingError(f"training.learning_rate: must be > 0, got {self.learning_rate}")
+        counts = self.batch_counts()
+        starved = [task for task, weight in self.tasks.items() if weight > 0 and counts[task] == 0]
+        if starved:
+            raise TrainingError(
+                f"training.batch_size: {self.batch_size} prompts per step leave none for {', '.join(starved)}; "
+                "raise the batch size or that task's weight"
+            )
+
+    def batch_counts(self) -> dict[str, int]:
+        """Prompts of each task in every step: batch_size split by the weights (largest remainders)."""
+        total = sum(self.tasks.values())
+        shares = {task: self.batch_size * weight / total for task, weight in self.tasks.items()}
+        counts = {task: math.floor(share) for task, share in shares.items()}
+        by_remainder = sorted(shares, key=lambda task: (counts[task] - shares[task], task))
+        for task in by_remainder[: self.batch_size - sum(counts.values())]:
+            counts[task] += 1
+        return counts
+
+
+def training_seed(seed: int, task: str, chunk: int) -> int:
+    """The generator seed of one chunk of a task's prompts for training seed `seed`.
+
+    Each (seed, task) owns a block of SEED_BLOCK seeds; training chunks count up from its start and the
+    held-out chunks down from HELD_OUT_CHUNK, its end.
+    """
+    if not 0 <= chunk < SEED_BLOCK:
+        raise TrainingError(f"chunk {chunk} is outside a seed block of {SEED_BLOCK}")
+    return TRAINING_SEED_BASE + (seed * len(TASKS) + TASKS.index(task)) * SEED_BLOCK + chunk
+
+
+@dataclass
+class _Batches:
+    """One task's prompts as tensors: prompt plus answer, right-padded, with END per row."""
+
+    tokens: torch.Tensor  # [n, seq + 1]: the clean prompt followed by its answer
+    end: torch.Tensor  # [n]
+    answer: torch.Tensor  # [n]
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], pad_token_id: int) -> _Batches:
+        rows = [r["clean_tokens"] + [r["answer"]] for r in records]
+        return cls(
+            tokens=pad_tokens(rows, pad_token_id),
+            end=torch.tensor([r["positions"][END] for r in records], dtype=torch.long),
+            answer=torch.tensor([r["answer"] for r in records], dtype=torch.long),
+        )
+
+    def take(self, index: torch.Tensor) -> _Batches:
+        end = self.end[index]
+        width = int(end.max()) + 2
+        return _Batches(self.tokens[index, :width], end, self.answer[index])
+
+
+def _pool(task: str, n: int, seeds: list[int], recipe: TrainingRecipe, tokenizer: Any) -> list[dict[str, Any]]:
+    """n prompts of `task`, POOL_CHUNK from each seed in turn (the last seed gives the remainder)."""
+    options = dict(recipe.task_options.get(task, {}))
+    records: list[dict[str, Any]] = []
+    for seed in seeds:
+        if len(records) >= n:
+            break
+        chunk, _ = generate_records(task, min(POOL_CHUNK, n - len(records)), seed, tokenizer, **options)
+        records.extend(chunk)
+    return records
+
+
+@dataclass
+class _TaskVocabulary:
+    """The tokens the prompts use, each with its own embedding; every other token shares one more.
+
+    Training runs a GPT-2 whose vocabulary is these tokens plus that shared row (OTHER): its logits are
+    the full model's logits for these tokens, and the full model's logit for every other token is OTHER's.
+    So the full 50257-way softmax is exact at the cost of a few hundred columns: OTHER's logit enters it
+    once per token it stands for (plus log of their count). `expand` writes the full GPT-2 at the end.
+    """
+
+    ids: torch.Tensor  # [k] sorted full-vocabulary ids
+    full_size: int
+
+    @property
+    def other(self) -> int:
+        return len(self.ids)
+
+    def compact(self, tokens: torch.Tensor) -> torch.Tensor:
+        index = torch.full((self.full_size,), self.other, dtype=torch.long)
+        index[self.ids] = torch.arange(len(self.ids))
+        return index[tokens]
+
+    def full_vocabulary_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Compact logits whose softmax is the full vocabulary's (OTHER counts once per token it stands for)."""
+        offset = torch.zeros(logits.shape[-1])
+        offset[self.other] = math.log(self.full_size - len(self.ids))
+        return logits + offset
+
+    def expand(self, compact_model: Any, full_config: Any) -> Any:
+        """The full GPT-2 whose every output on these tokens equals `compact_model`'s."""
+        from transformers import GPT2LMHeadModel
+
+        state = compact_model.state_dict()
+        compact_embedding = state.pop("transformer.wte.weight")
+        state.pop("lm_head.weight", None)  # tied to the embedding
+        embedding = compact_embedding[self.other].repeat(self.full_size, 1)
+        embedding[self.ids] = compact_embedding[: self.other]
+        model = GPT2LMHeadModel(full_config)
+        missing, unexpected = model.load_state_dict({**state, "transformer.wte.weight": embedding}, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise TrainingError(
+                f"expanding the organism's vocabulary failed: missing {missing}, unexpected {unexpected}"
+            )
+        model.tie_weights()
+        return model.eval()
+
+
+def _compact_config(gpt2_config: Any, vocabulary: _TaskVocabulary) -> Any:
+    """The shape of `gpt2_config` over the compact vocabulary (its special tokens have no compact id)."""
+    config = copy.deepcopy(gpt2_config)
+    config.vocab_size = len(vocabulary.ids) + 1
+    config.bos_token_id = config.eos_token_id = None
+    return config
+
+
+def _losses(model, batch: _Batches, vocabulary: _TaskVocabulary):
+    """(answer loss at END, next-token loss before END, END accuracy) of one batch, over the full vocabulary.
+
+    `batch` holds compact token ids (see _TaskVocabulary); accuracy is the argmax over the full
+    vocabulary, where OTHER's logit stands for every token outside the prompts'.
+    """
+    inputs = batch.tokens[:, :-1]
+    raw = model(inputs).logits  # [n, seq, k + 1]: each token's logit, OTHER's for all the others
+    logits = vocabulary.full_vocabulary_logits(raw)
+    rows = torch.arange(len(batch.end))
+    answer_loss = F.cross_entropy(logits[rows, batch.end], batch.answer)
+    # Right when the answer's logit is the largest: above every prompt token's and above OTHER's.
+    accuracy = (raw[rows, batch.end].argmax(-1) == batch.answer).float().mean()
+    positions = torch.arange(inputs.shape[1])
+    before_end = positions[None, :] < batch.end[:, None]  # padding and END itself are left out
+    targets = batch.tokens[:, 1:][before_end]
+    lm_loss = F.cross_entropy(logits[before_end], targets) if len(targets) else answer_loss.new_zeros(())
+    return answer_loss, lm_loss, accuracy
+
+
+def learning_rate(step: int, recipe: TrainingRecipe) -> float:
+    """Linear warmup over warmup_steps, then a cosine from learning_rate down to 0 at the last step."""
+    if step < recipe.warmup_steps:
+        return recipe.learning_rate * (step + 1) / recipe.warmup_steps
+    span = max(1, recipe.steps - recipe.warmup_steps)
+    progress = (step - recipe.warmup_steps) / span
+    return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def organism_spec(name: str, entry: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The ModelSpec of a `source: trained` config entry, its recipe carrying the configured vocabularies
+    (templates, names, colours, ...) of the tasks it trains on, so the organism learns the prompts it meets."""
+    from circuit_reuse.models import ModelSpec
+
+    options = {
+        task: {k: v for k, v in tasks[task].items() if k not in ("n_prompts", "seed")}
+        for task in entry["training"]["tasks"]
+        if task in tasks
+    }
+    return ModelSpec.from_config(name, {**entry, "training": {**entry["training"], "task_options": options}})
+
+
+def build_organism(spec: Any, work: str | Path, tokenizer_dir: str | Path | None) -> pd.DataFrame:
+    """Train the organism a `source: trained` ModelSpec describes into `work` (see cache_model).
+
+    The spec's `seed` seeds everything (initialisation, batch order, the training prompts); its
+    `overrides` give the shape; its `training` entry is the recipe.
+    """
+    from circuit_reuse.models import ModelCacheError, random_gpt2_config
+
+    if tokenizer_dir is None:
+        raise ModelCacheError(
+            f"model {spec.name!r} is trained on the tasks' prompts and needs the GPT-2 tokenizer: set `tokenizer:` "
+            "in the config, or $CIRCUIT_REUSE_TOKENIZER"
+        )
+    recipe = TrainingRecipe.from_config({**spec.training, "seed": spec.seed})
+    # No dropout: the training prompts are plentiful, and the weights then depend on `seed` alone.
+    config = random_gpt2_config(spec.architecture, **spec.overrides, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return train_organism(config, recipe, tokenizer_dir, work)
+
+
+def train_organism(
+    gpt2_config: Any, recipe: TrainingRecipe, tokenizer: Any, out_dir: str | Path, progress: bool = True
+) -> pd.DataFrame:
+    """Train a GPT-2 of `gpt2_config`'s shape by `recipe`; save it (safetensors) and its curve in `out_dir`.
+
+    Returns the training curve: per evaluation step and task, the learning rate, the mean training loss at
+    END and accuracy since the previous evaluation, and the held-out loss and accuracy at END.
+    """
+    from tqdm.auto import tqdm
+    from transformers import GPT2LMHeadModel
+
+    from circuit_reuse.datasets.vocab import as_tokenizer
+
+    recipe.check()
+    tokenizer = as_tokenizer(tokenizer)
+    pad = tokenizer.eos_token_id
+    tasks = sorted(task for task, weight in recipe.tasks.items() if weight > 0)  # key order changes nothing
+    counts = recipe.batch_counts()
+    n_chunks = math.ceil(recipe.prompts_per_task / POOL_CHUNK)
+    n_held_chunks = math.ceil(recipe.eval_prompts / POOL_CHUNK)
+    train, held_out = {}, {}
+    for task in tasks:
+        seeds = [training_seed(recipe.seed, task, chunk) for chunk in range(n_chunks)]
+        train[task] = _Batches.from_records(_pool(task, recipe.prompts_per_task, seeds, recipe, tokenizer), pad)
+        seeds = [training_seed(recipe.seed, task, HELD_OUT_CHUNK - k) for k in range(n_held_chunks)]
+        held_out[task] = _Batches.from_records(_pool(task, recipe.eval_prompts, seeds, recipe, tokenizer), pad)
+        if train[task].tokens.shape[1] > gpt2_config.n_positions:
+            raise TrainingError(f"{task}: prompts of {train[task].tokens.shape[1]} tokens exceed n_positions")
+    # The tokens the prompts use (prompt, answer, padding) get rows of their own; see _TaskVocabulary.
+    used = [batches.tokens.flatten() for batches in [*train.values(), *held_out.values()]]
+    vocabulary = _TaskVocabulary(torch.unique(torch.cat(used)), gpt2_config.vocab_size)
+    for batches in [*train.values(), *held_out.values()]:
+        batches.tokens = vocabulary.compact(batches.tokens)
+        batches.answer = vocabulary.compact(batches.answer)
+    torch.manual_seed(recipe.seed)
+    model = GPT2LMHeadModel(_compact_config(gpt2_config, vocabulary))
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+        betas=(0.9, 0.98),
+    )
+    order = torch.Generator().manual_seed(recipe.seed)
+    sums = {task: [0.0, 0.0, 0] for task in tasks}  # loss, accuracy, steps since the last evaluation
+    rows = []
+    bar = tqdm(range(recipe.steps), desc="training", unit="step", disable=not progress, smoothing=0.05)
+    for step in bar:
+        rate = learning_rate(step, recipe)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.zero_grad(set_to_none=True)
+        weight_sum = sum(recipe.tasks[t] for t in tasks)
+        for task in tasks:
+            index = torch.randint(len(train[task].end), (counts[task],), generator=order)
+            answer_loss, lm_loss, accuracy = _losses(model, train[task].take(index), vocabulary)
+            ((answer_loss + recipe.lm_loss_weight * lm_loss) * recipe.tasks[task] / weight_sum).backward()
+            sums[task][0] += answer_loss.item()
+            sums[task][1] += accuracy.item()
+            sums[task][2] += 1
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
+            model.eval()
+            with torch.no_grad():
+                for task in tasks:
+                    held_loss, _, held_accuracy = _losses(model, held_out[task], vocabulary)
+                    loss_sum, accuracy_sum, n = sums[task]
+                    rows.append(
+                        {
+                            "step": step + 1,
+                            "task": task,
+                            "learning_rate": rate,
+                            "train_loss": loss_sum / n,
+                            "train_accuracy": accuracy_sum / n,
+                            "held_out_loss": float(held_loss),
+                            "held_out_accuracy": float(held_accuracy),
+                        }
+                    )
+                    sums[task] = [0.0, 0.0, 0]
+            model.train()
+            bar.set_postfix(
+                {
+                    f"{row['task']}": f"loss {row['train_loss']:.3f} acc {row['held_out_accuracy']:.1%}"
+                    for row in rows[-len(tasks) :]
+                }
+            )
+    out_dir = Path(out_dir)
+    vocabulary.expand(model, gpt2_config).save_pretrained(out_dir, safe_serialization=True)
+    curve = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    curve.to_csv(out_dir / CURVE_NAME, index=False, float_format="%.6g")
+    return curve
+
+
+__all__ = [
+    "build_organism",
+    "organism_spec",
+    "CURVE_NAME",
+    "TRAINING_SEED_BASE",
+    "DatasetError",
+    "TrainingError",
+    "TrainingRecipe",
+    "learning_rate",
+    "train_organism",
+    "training_seed",
+]
