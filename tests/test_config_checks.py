@@ -71,7 +71,7 @@ def test_a_key_of_another_source_is_refused(smoke_config, key, value, message):
 
 def test_a_hub_model_takes_no_seed(paper_config):
     paper_config["models"]["gpt2-small"]["seed"] = 3
-    assert "models.gpt2-small.seed: does not apply to source 'hub' (only to random)" in _error(paper_config)
+    assert "models.gpt2-small.seed: does not apply to source 'hub' (only to random, trained)" in _error(paper_config)
 
 
 def test_defaults_of_other_sources_are_not_filled_in(smoke_config, paper_config):

@@ -88,13 +88,13 @@ def test_unknown_training_task_is_named():
 
 def test_head_count_that_does_not_divide_the_width_is_named():
     message = _error(_config(overrides={"n_layer": 2, "n_head": 3, "n_embd": 64}))
-    assert "models.org.overrides: n_head 3 does not divide n_embd 64" in message
+    assert "models.org.overrides.n_head: 3 heads do not divide n_embd = 64" in message
 
 
 def test_a_random_stand_in_with_an_indivisible_shape_is_refused_too():
     config = _config()
     config["models"]["org"] = {"source": "random", "overrides": {"n_head": 5, "n_embd": 64}}
-    assert "models.org.overrides: n_head 5 does not divide n_embd 64" in _error(config)
+    assert "models.org.overrides.n_head: 5 heads do not divide n_embd = 64" in _error(config)
 
 
 @pytest.mark.parametrize(
