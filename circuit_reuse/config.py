@@ -23,7 +23,15 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema, its `tasks` section and each task's `discovery.stages` entry from the task registry."""
+    from circuit_reuse.tasks import registered_tasks
+
+    schema = yaml.safe_load(Path(path).read_text())
+    tasks = registered_tasks()
+    schema["properties"]["tasks"]["properties"] = {name: task.config_schema() for name, task in tasks.items()}
+    stage_list = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"}}
+    schema["properties"]["discovery"]["properties"]["stages"]["properties"] = {name: stage_list for name in tasks}
+    return schema
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -55,7 +63,22 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     if errors:
         lines = [_describe(error) for error in errors]
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    _fill_task_stages(filled)
     return _canonical_order(filled)
+
+
+def _fill_task_stages(config: dict[str, Any]) -> None:
+    """Give every configured task without `discovery.stages` its registered default; refuse stages of tasks not run."""
+    from circuit_reuse.tasks import get_task
+
+    stages = config.setdefault("discovery", {}).setdefault("stages", {})
+    extra = sorted(set(stages) - set(config["tasks"]))
+    if extra:
+        raise ConfigError(
+            f"invalid config:\n  discovery.stages: stages for task(s) not under tasks: {', '.join(extra)}"
+        )
+    for task in config["tasks"]:
+        stages.setdefault(task, [dict(stage) for stage in get_task(task).stages])
 
 
 def _canonical_order(value: Any, path: tuple[str, ...] = ()) -> Any:

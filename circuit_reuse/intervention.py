@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from circuit_reuse.datasets import END, TaskDataset
+from circuit_reuse.tasks import intervention_plan, registered_tasks
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable]
@@ -55,16 +56,6 @@ PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
     "negative_mover": ("negative_mover",),
     "both": ("inhibition", "negative_mover"),
 }
-
-# Where `auto` head sets come from: (task whose circuit is read, "role" or "stage", which one). The
-# movers' stage name is a setting (`mover_stage`); the entry here is its default.
-AUTO_SOURCES: dict[str, tuple[str, str, str]] = {
-    "inhibition": ("ioi", "role", "inhibition"),
-    "negative_mover": ("ioi", "role", "negative_mover"),
-    "content_gatherers": ("colored_objects", "role", "content_gatherer"),
-    "movers": ("colored_objects", "stage", "movers"),
-}
-
 
 class InterventionError(ValueError):
     """An intervention cannot be built: unknown role, head outside the model, a non-causal target, ..."""
@@ -781,9 +772,11 @@ def resolve_head_sets(
     """Every head set (inhibition, negative_mover, content_gatherers, movers) from config or circuits.
 
     `spec[name]` is a list of [layer, head] pairs, or "auto" (also when missing): then the heads come from
-    the circuit of AUTO_SOURCES[name] (`circuits[task]`, a circuit JSON). An empty auto set is kept, with
-    a note saying where nothing was found, so the experiment can run what it can.
+    the circuit of the task that declares the set in its `intervention_heads` (`circuits[task]`, a circuit
+    JSON; circuit_reuse.tasks). The movers' stage is the setting `mover_stage`. An empty auto set is kept,
+    with a note saying where nothing was found, so the experiment can run what it can.
     """
+    _, auto_sources = intervention_plan(registered_tasks())
     sets = {}
     for name in HEAD_SETS:
         value = spec.get(name, "auto")
@@ -792,7 +785,7 @@ def resolve_head_sets(
             if not sets[name].heads:
                 sets[name].note = "the config lists no heads"
             continue
-        task, kind, key = AUTO_SOURCES[name]
+        task, kind, key = auto_sources[name]
         if kind == "stage":
             key = mover_stage
         source = f"circuit:{task}:{kind}={key}"

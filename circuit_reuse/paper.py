@@ -29,7 +29,7 @@ FAMILIES = ("baseline", "overlap", "intervention", "movers")
 UNIT_SCALE = {"%": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0}
 
 _ROWS = [
-    ("gpt2-small", "baseline", "ioi.logit_diff_mean", 3.56, "logits",
+    ("gpt2-small", "baseline", "ioi.metric_mean", 3.56, "logits",
      "Wang et al. (2022), cited in Sec. 2: mean IO-S logit difference over 100k IOI prompts"),
     ("gpt2-small", "baseline", "ioi.beats_distractor_rate", 99.3, "%",
      "Wang et al. (2022): IO logit above S logit"),

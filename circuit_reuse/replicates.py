@@ -41,7 +41,7 @@ def replicate_config(config: Mapping[str, Any], offset: int, model_cache: str | 
     return derived
 
 
-BASELINE_METRICS = ("accuracy", "logit_diff_mean", "beats_distractor_rate", "prob_target_mean")
+BASELINE_METRICS = ("accuracy", "metric_mean", "beats_distractor_rate", "prob_target_mean")
 OVERLAP_METRICS = ("iou", "shared", "share_of_a_in_b", "share_of_b_in_a", "p_value")
 INTERVENTION_METRICS = ("accuracy", "delta_accuracy", "fixed", "introduced")
 

@@ -28,7 +28,7 @@ def _accuracy(model, rows):
 
 def _baselines(model, task, logit_diff, accuracy):
     return pd.DataFrame(
-        [{"model": model, "task": task, "condition": cond, "accuracy": accuracy, "logit_diff_mean": ld,
+        [{"model": model, "task": task, "condition": cond, "accuracy": accuracy, "metric_mean": ld,
           "beats_distractor_rate": 0.5, "prob_target_mean": 0.25} for cond, ld in (("clean", logit_diff),
                                                                                  ("corrupted", -9.0))]
     )  # fmt: skip
@@ -39,7 +39,7 @@ def test_paper_numbers_hold_the_headline_values():
     assert table[("gpt2-medium", "iou")] == pytest.approx(0.78125)
     assert table[("gpt2-medium", "both.accuracy")] == 93.7
     assert table[("gpt2-medium", "none.accuracy")] == 49.6
-    assert table[("gpt2-small", "ioi.logit_diff_mean")] == 3.56
+    assert table[("gpt2-small", "ioi.metric_mean")] == 3.56
     assert not PAPER_NUMBERS.duplicated(["model", "metric"]).any()
 
 
@@ -74,12 +74,12 @@ def test_small_gets_the_ioi_baseline_and_an_unmatched_model_no_paper_value():
     baselines = pd.concat([_baselines("s", "ioi", 3.0, 0.8), _baselines("x", "ioi", 1.0, 0.2)])
     table = compare_to_paper(headline_rows(baselines), {"s": SMALL_HUB, "x": OTHER})
     small = table[table["model"] == "s"].set_index("metric")
-    assert set(small.index) == {"ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean"}
-    assert small.loc["ioi.logit_diff_mean", "gap"] == pytest.approx(3.0 - 3.56)
+    assert set(small.index) == {"ioi.metric_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean"}
+    assert small.loc["ioi.metric_mean", "gap"] == pytest.approx(3.0 - 3.56)
     assert small.loc["ioi.beats_distractor_rate", "run"] == pytest.approx(50.0)
     other = table[table["model"] == "x"].set_index("metric")
     assert other["paper"].isna().all() and other["gap"].isna().all()
-    assert other.loc["ioi.logit_diff_mean", "run"] == 1.0
+    assert other.loc["ioi.metric_mean", "run"] == 1.0
     assert set(other.index) == set(PAPER_NUMBERS["metric"])
 
 

@@ -35,7 +35,7 @@ def _fake_results(root: Path, iou: float, accuracy: float, with_intervention: bo
     baselines = pd.DataFrame(
         {
             "model": ["m", "m"], "task": ["ioi", "ioi"], "condition": ["clean", "corrupted"],
-            "accuracy": [accuracy, 0.0], "logit_diff_mean": [2 * accuracy, -1.0],
+            "accuracy": [accuracy, 0.0], "metric_mean": [2 * accuracy, -1.0],
         }
     )  # fmt: skip
     write_parquet(results / "tables/baselines.parquet", baselines)
@@ -65,7 +65,7 @@ def _fake_results(root: Path, iou: float, accuracy: float, with_intervention: bo
 def test_headline_numbers_read_clean_baselines_overlap_and_conditions_that_ran(tmp_path):
     numbers = headline_numbers(_fake_results(tmp_path, iou=0.6, accuracy=0.9)).set_index(["family", "metric"])
     assert numbers.loc[("baseline", "ioi.accuracy"), "value"] == 0.9  # clean only
-    assert numbers.loc[("baseline", "ioi.logit_diff_mean"), "value"] == 1.8
+    assert numbers.loc[("baseline", "ioi.metric_mean"), "value"] == 1.8
     assert numbers.loc[("overlap", "iou"), "value"] == 0.6 and numbers.loc[("overlap", "shared"), "value"] == 4
     assert numbers.loc[("intervention", "both.delta_accuracy"), "value"] == 0.25
     assert not any(metric.startswith("skipped_one") for metric in numbers.index.get_level_values("metric"))

@@ -124,11 +124,11 @@ def test_datasets_and_baselines_carry_their_config_and_tokenizer(smoke):
             provenance = read_parquet_provenance(results / f"baselines/{model}/{task}.summary.parquet")
             assert provenance["config"]["dataset"]["seed"] == seed and provenance["versions"]["torch"]
             log = (logs / f"evaluate_baseline/{model}/{task}.log").read_text()
-            assert "batch" in log and "logit_diff_mean" in log
+            assert "batch" in log and "metric_mean" in log
     table = read_parquet(results / "tables/baselines.parquet")
     assert len(table) == 8 and set(table["model"]) == set(MODELS)
     assert (table["n"] == 24).all() and table["accuracy"].between(0, 1).all()
-    assert (table["logit_diff_ci_low"] <= table["logit_diff_mean"]).all()
+    assert (table["metric_ci_low"] <= table["metric_mean"]).all()
 
 
 def test_a_second_run_does_nothing(smoke):

@@ -43,6 +43,8 @@ from circuit_reuse.datasets.vocab import (
     require_count,
     tokenize_pieces,
 )
+from circuit_reuse.metrics import LogitDifference
+from circuit_reuse.tasks import Task, register, word_list_option
 
 TASK = "colored_objects"
 N_ITEMS = 3
@@ -299,3 +301,39 @@ def validate_record(record: dict[str, Any], tokenizer: Any, what: str = TASK) ->
         problems.append("END is not the query's final 'A:'")
     if problems:
         raise DatasetError(f"{what}: {'; '.join(problems)} in {record['clean_text']!r}")
+
+
+TASK_SPEC = register(
+    Task(
+        name=TASK,
+        label="Colored Objects",
+        generate=generate,
+        metric=LogitDifference(),
+        default_seed=42,
+        options_schema={
+            "colors": word_list_option(
+                "colours, each one token as ' red' and ' Red' (at least 6: example and query share none), or null "
+                f"for {', '.join(COLORS)}",
+                2 * N_ITEMS,
+            ),
+            "objects": word_list_option("objects, each one token after a space (at least 6), or null for the paper's 17", 6),
+            "surfaces": word_list_option(f"what the objects lie on ('On the {{surface}}, ...'), or null for {', '.join(SURFACES)}"),
+            "starts": word_list_option(
+                "phrases before the list ('..., {start} a red cup, ...'), or null for " + ", ".join(map(repr, STARTS))
+            ),
+            "drop_multi_token": {"$ref": "#/$defs/drop_multi_token"},
+        },
+        stages=(
+            {"name": "movers", "receivers": "logits", "position": END},
+            {"name": "inhibition", "receivers": {"stage": "movers", "components": ["q"]}, "position": END},
+            {
+                "name": "induction",
+                "receivers": {"stage": "inhibition", "components": ["k", "v"]},
+                "position": "question_object",
+            },
+        ),
+        candidate_roles=("color_0", "color_1", "color_2"),
+        intervention_heads={"content_gatherers": ("role", "content_gatherer"), "movers": ("stage", "movers")},
+        intervention_target=True,
+    )
+)
