@@ -57,6 +57,7 @@ PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
     "both": ("inhibition", "negative_mover"),
 }
 
+
 class InterventionError(ValueError):
     """An intervention cannot be built: unknown role, head outside the model, a non-causal target, ..."""
 
@@ -329,7 +330,7 @@ def _evaluate(
                         "wrong_token": answers[:, 1].cpu().numpy(),
                         "predicted_token": predicted.cpu().numpy(),
                         "correct": (predicted == answers[:, 0]).cpu().numpy(),
-                        "logit_diff": (final[rows, answers[:, 0]] - final[rows, answers[:, 1]]).cpu().numpy(),
+                        "metric": batch.metric(final, batch.metric_tokens, batch.metric_weights).cpu().numpy(),
                         "answer_prob": log_probs[rows, answers[:, 0]].exp().cpu().numpy(),
                     }
                 )
@@ -361,8 +362,14 @@ def _readout_hooks(layer: int, heads: list[int], rows, end, seen: dict) -> list[
 def _head_rows(batch, condition, prompts, layers, roles, seen, weights) -> pd.DataFrame:
     gamma, w_u = weights["gamma"], weights["W_U"]
     answers = batch.answer_tokens.to(w_u.device)
-    # Each prompt's logit-difference direction through the final LayerNorm's weight (see head_logit_attribution).
-    direction = gamma[None, :] * (w_u[:, answers[:, 0]] - w_u[:, answers[:, 1]]).T  # [batch, d_model]
+    if not batch.metric.linear:
+        raise InterventionError(
+            f"direct logit attribution needs a metric linear in the logits, not {batch.metric.name}"
+        )
+    # Each prompt's metric direction (sum of weight x unembedding column) through the final LayerNorm's
+    # weight (see head_logit_attribution): for the logit difference W_U[:, answer] - W_U[:, wrong].
+    tokens, token_weights = batch.metric_tokens.to(w_u.device), batch.metric_weights.to(w_u.device, w_u.dtype)
+    direction = gamma[None, :] * torch.einsum("dbk,bk->bd", w_u[:, tokens], token_weights)  # [batch, d_model]
     answer_direction = gamma[None, :] * w_u[:, answers[:, 0]].T
     parts = []
     for layer, hs in layers.items():
@@ -404,7 +411,7 @@ def run_conditions(
     """One row per condition and prompt: the prediction at END under that condition's attention edits.
 
     Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
-    over the whole vocabulary), correct (predicted == answer), logit_diff (logit(answer) - logit(wrong)),
+    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g. logit(answer) - logit(wrong)),
     answer_prob (softmax probability of the answer).
     """
     return _evaluate(model, dataset, conditions, batch_size, (), (), progress)[0]
@@ -482,7 +489,7 @@ def accuracy_table(
 ) -> pd.DataFrame:
     """One row per condition: accuracy with a percentile-bootstrap interval, and the change from `baseline`.
 
-    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_logit_diff, mean_answer_prob, fixed
+    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_metric (the task's metric), mean_answer_prob, fixed
     (wrong under the baseline, right here), introduced (right under the baseline, wrong here),
     delta_accuracy (= (fixed - introduced) / n_prompts), delta_ci_low, delta_ci_high (paired bootstrap),
     n_boot, boot_seed. Without a baseline condition the change columns are NaN.
@@ -493,7 +500,7 @@ def accuracy_table(
     tail = (1 - level) / 2 * 100
     has_base = baseline in order
     base = order.index(baseline) if has_base else None
-    means = per_prompt.groupby("condition")[["logit_diff", "answer_prob"]].mean()
+    means = per_prompt.groupby("condition")[["metric", "answer_prob"]].mean()
     rows = []
     for i, name in enumerate(order):
         row = {
@@ -502,7 +509,7 @@ def accuracy_table(
             "accuracy": correct[i].mean(),
             "ci_low": np.percentile(draws[i], tail) if n_boot else np.nan,
             "ci_high": np.percentile(draws[i], 100 - tail) if n_boot else np.nan,
-            "mean_logit_diff": means.loc[name, "logit_diff"],
+            "mean_metric": means.loc[name, "metric"],
             "mean_answer_prob": means.loc[name, "answer_prob"],
         }
         if has_base:
@@ -579,7 +586,7 @@ def random_head_controls(
 ) -> pd.DataFrame:
     """The condition's edits on random heads (see `random_head_sets`), one row per repeat.
 
-    Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_logit_diff,
+    Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_metric,
     mean_answer_prob, and, given the baseline's per-prompt correctness, fixed and introduced.
     """
     sets = random_head_sets(
@@ -601,7 +608,7 @@ def random_head_controls(
             "layer_min": chosen[0][0],
             "layer_max": max(layer for layer, _ in chosen),
             "accuracy": correct.mean(),
-            "mean_logit_diff": table["logit_diff"].mean(),
+            "mean_metric": table["metric"].mean(),
             "mean_answer_prob": table["answer_prob"].mean(),
             "fixed": np.nan,
             "introduced": np.nan,
@@ -926,11 +933,11 @@ def plan_conditions(sets: Mapping[str, HeadSet], settings: InterventionSettings)
 
 ACCURACY_COLUMNS = [
     "condition", "kind", "sets", "heads", "n_heads", "status", "note", "n_prompts", "accuracy", "ci_low",
-    "ci_high", "mean_logit_diff", "mean_answer_prob", "fixed", "introduced", "delta_accuracy", "delta_ci_low",
+    "ci_high", "mean_metric", "mean_answer_prob", "fixed", "introduced", "delta_accuracy", "delta_ci_low",
     "delta_ci_high", "n_boot", "boot_seed",
 ]  # fmt: skip
 CONTROL_COLUMNS = [
-    "condition", "repeat", "seed", "heads", "n_heads", "layer_min", "layer_max", "accuracy", "mean_logit_diff",
+    "condition", "repeat", "seed", "heads", "n_heads", "layer_min", "layer_max", "accuracy", "mean_metric",
     "mean_answer_prob", "fixed", "introduced",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [

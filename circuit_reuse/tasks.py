@@ -96,7 +96,9 @@ def register(task: Task) -> Task:
     """Add a task to the registry and return it; a second, different task under the same name is an error."""
     known = _REGISTRY.get(task.name)
     if known is not None and known != task:
-        raise TaskError(f"task {task.name!r} is registered twice (by {known.generate.__module__} and {task.generate.__module__})")
+        raise TaskError(
+            f"task {task.name!r} is registered twice (by {known.generate.__module__} and {task.generate.__module__})"
+        )
     _REGISTRY[task.name] = task
     return task
 
@@ -127,7 +129,5 @@ def intervention_plan(task_names) -> tuple[str | None, dict[str, tuple[str, str,
     """
     tasks = [get_task(name) for name in task_names]
     targets = [task.name for task in tasks if task.intervention_target]
-    sources = {
-        head_set: (task.name, *source) for task in tasks for head_set, source in task.intervention_heads.items()
-    }
+    sources = {head_set: (task.name, *source) for task in tasks for head_set, source in task.intervention_heads.items()}
     return (targets[0] if targets else None), sources

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuit_reuse.datasets import colored_objects, ioi  # noqa: F401 (importing a task module registers it)
+from circuit_reuse.datasets import (  # noqa: F401 (importing a task module registers it)
+    colored_objects,
+    greater_than,
+    ioi,
+    world_capitals,
+)
 from circuit_reuse.datasets.core import (
     END,
     DatasetError,

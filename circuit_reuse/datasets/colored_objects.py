@@ -316,8 +316,12 @@ TASK_SPEC = register(
                 f"for {', '.join(COLORS)}",
                 2 * N_ITEMS,
             ),
-            "objects": word_list_option("objects, each one token after a space (at least 6), or null for the paper's 17", 6),
-            "surfaces": word_list_option(f"what the objects lie on ('On the {{surface}}, ...'), or null for {', '.join(SURFACES)}"),
+            "objects": word_list_option(
+                "objects, each one token after a space (at least 6), or null for the paper's 17", 6
+            ),
+            "surfaces": word_list_option(
+                f"what the objects lie on ('On the {{surface}}, ...'), or null for {', '.join(SURFACES)}"
+            ),
             "starts": word_list_option(
                 "phrases before the list ('..., {start} a red cup, ...'), or null for " + ", ".join(map(repr, STARTS))
             ),

@@ -314,7 +314,9 @@ TASK_SPEC = register(
                 },
                 "default": None,
             },
-            "names": word_list_option("first names, each one token after a space (at least 5), or null for the built-in 100", 5),
+            "names": word_list_option(
+                "first names, each one token after a space (at least 5), or null for the built-in 100", 5
+            ),
             "places": word_list_option(f"places for {{PLACE}}, or null for {', '.join(PLACES)}"),
             "objects": word_list_option(f"objects for {{OBJECT}}, or null for {', '.join(OBJECTS)}"),
             "drop_multi_token": {"$ref": "#/$defs/drop_multi_token"},
