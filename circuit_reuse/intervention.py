@@ -411,8 +411,8 @@ def run_conditions(
     """One row per condition and prompt: the prediction at END under that condition's attention edits.
 
     Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
-    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g. logit(answer) - logit(wrong)),
-    answer_prob (softmax probability of the answer).
+    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
+    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer).
     """
     return _evaluate(model, dataset, conditions, batch_size, (), (), progress)[0]
 

@@ -79,12 +79,16 @@ def test_evaluation_reads_the_probability_difference(tiny_model, cached_tiny_mod
         for i, record in enumerate(subset.records):
             with torch.no_grad():
                 probs = torch.softmax(hf(torch.tensor([record[key]])).logits[0, -1], -1)
-            later = sum(float(probs[t]) for t, w in zip(record["metric_tokens"], record["metric_weights"]) if w > 0)
-            earlier = sum(float(probs[t]) for t, w in zip(record["metric_tokens"], record["metric_weights"]) if w < 0)
+            later = sum(
+                float(probs[t]) for t, w in zip(record["metric_tokens"], record["metric_weights"], strict=True) if w > 0
+            )
+            earlier = sum(
+                float(probs[t]) for t, w in zip(record["metric_tokens"], record["metric_weights"], strict=True) if w < 0
+            )
             assert rows.loc[i, "metric_name"] == "prob_diff"
             assert rows.loc[i, "metric"] == pytest.approx(later - earlier, abs=1e-5)
             assert rows.loc[i, "prob_target"] == pytest.approx(later if condition == "clean" else earlier, abs=1e-5)
             top = int(probs.argmax())
-            targets = {t for t, w in zip(record["metric_tokens"], record["metric_weights"])
+            targets = {t for t, w in zip(record["metric_tokens"], record["metric_weights"], strict=True)
                        if (w > 0 if condition == "clean" else w < 0)}  # fmt: skip
             assert bool(rows.loc[i, "correct"]) == (top in targets)

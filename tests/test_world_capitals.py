@@ -24,7 +24,9 @@ def test_prompt_format_roles_and_corruption(dataset, tokenizer_dir):
         assert tokenizer.decode([record["wrong"]]) == " " + CAPITALS[other]
         clean, corrupted = record["clean_tokens"], record["corrupted_tokens"]
         assert tokenizer.decode([clean[record["positions"]["country"]]]) == " " + country
-        assert [i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b] == [record["positions"]["country"]]
+        assert [i for i, (a, b) in enumerate(zip(clean, corrupted, strict=True)) if a != b] == [
+            record["positions"]["country"]
+        ]
         assert record["positions"]["END"] == len(clean) - 1 and record["clean_text"].endswith(" the city of")
     assert dataset.metric.name == "logit_diff"
     assert dataset.metric_tokens.tolist() == dataset.answer_tokens.tolist()
