@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuit_reuse.datasets import (  # noqa: F401 (importing a task module registers it)
-    colored_objects,
-    greater_than,
-    ioi,
-    world_capitals,
-)
+# Importing a task module registers it; the registry keeps this order (the paper's task, then its controls).
+# isort: off
+from circuit_reuse.datasets import ioi, colored_objects, greater_than, world_capitals  # noqa: F401
+
+# isort: on
 from circuit_reuse.datasets.core import (
     END,
     DatasetError,
