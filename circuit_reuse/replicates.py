@@ -121,8 +121,9 @@ def headline_rows(
     """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
     task (`baselines`, the workflow's baselines table), the overlap of every pair of circuits (one overlap
     summary per model, one row per pair; metrics named by `overlap_metric`), the intervention's accuracy
-    per condition that ran (one accuracy table per model), the random-head controls' mean accuracy (`controls`: controls_summary tables) and the movers' Spearman rho
-    of their logit-attribution change against importance (`spearman`: movers_spearman tables)."""
+    per condition that ran (one accuracy table per model), the random-head controls' mean accuracy
+    (`controls`: controls_summary tables) and the movers' Spearman rho of their logit-attribution change
+    against importance (`spearman`: movers_spearman tables)."""
     rows = [] if baselines is None else _baseline_rows(baselines)
     for tables, build in ((overlap, _overlap_rows), (intervention, _intervention_rows), (controls, _control_rows),
                           (spearman, _spearman_rows)):  # fmt: skip

@@ -14,9 +14,7 @@ with model_job(job):
     settings = InterventionSettings.from_config(section)
     model = load_model(Path(job.input.model).parent, device=job.params.device)
     dataset = load_dataset(job.input.dataset)
-    circuits = {
-        task: read_json(path) for task, path in zip(job.params.circuit_tasks, job.input.circuits, strict=True)
-    }
+    circuits = {task: read_json(path) for task, path in zip(job.params.circuit_tasks, job.input.circuits, strict=True)}
     sets = resolve_head_sets(
         section["heads"],
         circuits,

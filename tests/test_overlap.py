@@ -177,6 +177,6 @@ def test_every_pair_of_four_hand_made_circuits():
     t3_t4 = aligned[(aligned["task_a"] == "t3") & (aligned["task_b"] == "t4")].set_index("name")["membership"]
     assert t3_t4.to_dict() == {"0.0": "t4 only", "1.1": "t4 only", "2.0": "t4 only", "3.3": "shared"}
     sweep = pairwise_sensitivity(circuits, grids, [6.25, 25], repeats=100)
-    assert len(sweep) == 12 and set(zip(sweep["task_a"], sweep["task_b"])) == set(expected)
+    assert len(sweep) == 12 and set(zip(sweep["task_a"], sweep["task_b"], strict=True)) == set(expected)
     one_head = sweep[sweep["top_percent"] == 6.25].set_index(["task_a", "task_b"])["shared"]
     assert one_head.to_dict() == {pair: int(heads[pair[0]][0] == heads[pair[1]][0]) for pair in expected}

@@ -49,8 +49,8 @@ def test_paper_numbers_hold_the_headline_values():
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [(MEDIUM_RANDOM, "gpt2-medium"), (SMALL_HUB, "gpt2-small"), ({"source": "hub", "hub_id": "gpt2-large"}, "gpt2-large"),
-     ({"source": "hub", "hub_id": "distilgpt2"}, None),
+    [(MEDIUM_RANDOM, "gpt2-medium"), (SMALL_HUB, "gpt2-small"),
+     ({"source": "hub", "hub_id": "gpt2-large"}, "gpt2-large"), ({"source": "hub", "hub_id": "distilgpt2"}, None),
      ({"source": "random", "architecture": "gpt2"}, "gpt2-small"), (OTHER, None)],
 )  # fmt: skip
 def test_models_match_the_paper_by_hub_id_or_architecture(spec, expected):

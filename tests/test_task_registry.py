@@ -32,12 +32,8 @@ def generate_sequence_recall(n, seed, tokenizer, words=None):
     for i in range(n):
         first, second, third, other = (words[k] for k in rng.choice(len(words), 4, replace=False))
 
-        def pieces(last):
-            return [(first, None), (" " + second, None), (" " + last, "last"), (".", None), (" " + first, None),
-                    (" " + second, None)]  # fmt: skip
-
-        clean, labels = tokenize_pieces(tokenizer, pieces(third), f"toy {i}")
-        corrupted, _ = tokenize_pieces(tokenizer, pieces(other), f"toy {i}")
+        clean, labels = tokenize_pieces(tokenizer, _recall_pieces(first, second, third), f"toy {i}")
+        corrupted, _ = tokenize_pieces(tokenizer, _recall_pieces(first, second, other), f"toy {i}")
         records.append(
             {
                 "clean_tokens": clean,
@@ -49,6 +45,11 @@ def generate_sequence_recall(n, seed, tokenizer, words=None):
             }
         )
     return records, {"task": "sequence_recall", "n_prompts": n, "seed": seed, "dropped": {}}
+
+
+def _recall_pieces(first, second, last):
+    return [(first, None), (" " + second, None), (" " + last, "last"), (".", None), (" " + first, None),
+            (" " + second, None)]  # fmt: skip
 
 
 TOY = Task(
