@@ -15,8 +15,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_NAMES = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_seven_figure_families_have_a_notebook():
-    assert [name[:2] for name in NOTEBOOK_NAMES] == ["01", "02", "03", "04", "05", "06", "07"]
+def test_the_eight_figure_families_have_a_notebook():
+    assert [name[:2] for name in NOTEBOOK_NAMES] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_NAMES)
