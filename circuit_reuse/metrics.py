@@ -72,7 +72,7 @@ class ProbabilityDifference(Metric):
         return False
 
     def transform(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.double() if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        return torch.softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
 
 
 def metric_by_name(name: str) -> Metric:
