@@ -38,8 +38,9 @@ def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold
     """Heads with the largest |score|: the top `top_percent`% of all heads, or every |score| >= `threshold`.
 
     The count for top-p% is round(p/100 * n_layers * n_heads), at least one (2% of GPT-2 medium's 384
-    heads is 8, the paper's "about 8"). NaN scores (heads that cannot reach the receivers) are never
-    selected. Ties are broken by (layer, head), so the selection is deterministic. Sorted by |score|,
+    heads is 8, the paper's "about 8"). NaN scores (heads outside the stage's sender set) and scores of
+    exactly 0 (no effect at all, e.g. the authors' senders in a receiver layer that reach no receiver) are
+    never selected. Ties are broken by (layer, head), so the selection is deterministic. Sorted by |score|,
     largest first.
     """
     if (top_percent is None) == (threshold is None):
@@ -47,7 +48,9 @@ def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold
     scores = np.asarray(scores, dtype=float)
     n_layers, n_heads = scores.shape
     magnitude = np.abs(scores)
-    candidates = [(l, h) for l in range(n_layers) for h in range(n_heads) if not math.isnan(magnitude[l, h])]
+    candidates = [
+        (l, h) for l in range(n_layers) for h in range(n_heads) if not math.isnan(magnitude[l, h]) and magnitude[l, h]
+    ]
     candidates.sort(key=lambda lh: (-magnitude[lh], lh))
     if threshold is not None:
         return [lh for lh in candidates if magnitude[lh] >= threshold]

@@ -21,6 +21,14 @@ from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
 from circuit_reuse.metrics import pair_tokens
+from circuit_reuse.patching import (
+    AUTHORS_AVERAGING_BATCH_SIZE,
+    DEFAULT_AVERAGING,
+    DEFAULT_SENDER_SET,
+    SENDER_SETS,
+    path_patch,
+    sender_heads,
+)
 from circuit_reuse.tasks import get_task
 
 COMPONENTS = ("q", "k", "v")
@@ -37,6 +45,7 @@ class StageSpec:
     receivers: str  # "logits", or the name of the earlier stage whose heads receive
     components: tuple[str, ...]  # which of each receiver head's q, k, v are patched; () for logits
     position: str  # the dataset role where senders are patched and receivers read
+    senders: str | None = DEFAULT_SENDER_SET  # patching.SENDER_SETS; None for logits (every head is a sender)
 
     @property
     def kind(self) -> str:
@@ -45,14 +54,19 @@ class StageSpec:
         return "query" if self.components == ("q",) else "key_value"
 
 
-def parse_stages(task: str, entries: Sequence[Mapping[str, Any]]) -> list[StageSpec]:
-    """Turn a task's `discovery.stages` config into StageSpecs, checking that each refers backwards."""
+def parse_stages(task: str, entries: Sequence[Mapping[str, Any]], senders: str = DEFAULT_SENDER_SET) -> list[StageSpec]:
+    """Turn a task's `discovery.stages` config into StageSpecs, checking that each refers backwards.
+
+    `senders` is the sender set of every stage with head receivers that names none of its own."""
     specs: list[StageSpec] = []
     for i, entry in enumerate(entries):
         where = f"discovery.stages.{task}[{i}]"
         receivers = entry["receivers"]
+        stage_senders = entry.get("senders", senders)
+        if stage_senders not in SENDER_SETS:
+            raise StageError(f"{where}.senders: {stage_senders!r} is not one of {', '.join(SENDER_SETS)}")
         if receivers == "logits":
-            spec = StageSpec(entry["name"], "logits", (), entry.get("position", END))
+            spec = StageSpec(entry["name"], "logits", (), entry.get("position", END), None)
             if spec.position != END:
                 raise StageError(f"{where}: a logits stage reads the answer at END, not at {spec.position!r}")
         else:
@@ -63,7 +77,7 @@ def parse_stages(task: str, entries: Sequence[Mapping[str, Any]]) -> list[StageS
                     f"of {task} (earlier stages: {', '.join(earlier) or 'none'})"
                 )
             components = tuple(receivers["components"])
-            spec = StageSpec(entry["name"], receivers["stage"], components, entry["position"])
+            spec = StageSpec(entry["name"], receivers["stage"], components, entry["position"], stage_senders)
         if spec.name in {s.name for s in specs}:
             raise StageError(f"{where}: stage name {spec.name!r} is used twice")
         specs.append(spec)
@@ -96,19 +110,19 @@ def run_stage(
     *,
     batch_size: int = 25,
     freeze_mlps: bool = False,
+    averaging: str = DEFAULT_AVERAGING,
+    averaging_batch_size: int = AUTHORS_AVERAGING_BATCH_SIZE,
     progress: bool = True,
 ) -> np.ndarray:
-    """Path-patching scores [n_layers, n_heads] of one stage; all NaN when no head can reach the receivers."""
-    from circuit_reuse.patching import path_patch
-
+    """Path-patching scores [n_layers, n_heads] of one stage; all NaN when its sender set is empty."""
     if spec.position not in dataset.positions:
         raise StageError(
             f"stage {spec.name!r} patches at role {spec.position!r}, which the {dataset.task} dataset does not "
             f"have; its roles: {', '.join(sorted(dataset.positions))}"
         )
     shape = (model.cfg.n_layers, model.cfg.n_heads)
-    if receivers != "logits" and (not receivers or min(l for l, _, _ in receivers) == 0):
-        return np.full(shape, np.nan)  # no receivers, or receivers in layer 0: no sender lies below them
+    if not stage_senders(spec, receivers, *shape):
+        return np.full(shape, np.nan)  # no receivers, or none that a head of the stage's sender set reaches
     scores = path_patch(
         model,
         dataset.clean_tokens,
@@ -117,6 +131,9 @@ def run_stage(
         receivers,
         dataset.positions[spec.position],
         freeze_mlps=freeze_mlps,
+        sender_set=spec.senders or DEFAULT_SENDER_SET,
+        averaging=averaging,
+        averaging_batch_size=averaging_batch_size,
         batch_size=batch_size,
         progress=progress,
     )
@@ -138,6 +155,11 @@ def logit_difference_pairs(dataset: TaskDataset) -> torch.Tensor:
             f"{metric.name}, which circuit_reuse.patching does not compute yet"
         )
     return dataset.answer_tokens
+
+
+def averaging_description(averaging: str, averaging_batch_size: int) -> str:
+    """How a stage's scores were averaged, as its table records it: "pooled" or "batch_mean of 25"."""
+    return averaging if averaging == "pooled" else f"{averaging} of {averaging_batch_size}"
 
 
 def scores_table(grid: np.ndarray, **columns: Any) -> pd.DataFrame:
@@ -166,11 +188,16 @@ def selected_heads(grid: np.ndarray, selection: Mapping[str, Any]) -> list[Head]
     return select_heads(grid, top_percent=selection.get("top_percent"), threshold=selection.get("threshold"))
 
 
-def below_layer(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int) -> int:
-    """The layer a stage's senders must lie below."""
-    if receivers == "logits":
-        return n_layers
-    return min((l for l, _, _ in receivers), default=0)
+def stage_senders(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int, n_heads: int):
+    """The heads a stage scores: every head to the logits, its sender set otherwise; none without receivers."""
+    if receivers != "logits" and not receivers:
+        return ()
+    return sender_heads(receivers, n_layers, n_heads, spec.senders or DEFAULT_SENDER_SET)
+
+
+def below_layer(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int, n_heads: int) -> int:
+    """The layer a stage's senders lie below (the chance baseline draws its random heads there)."""
+    return max((layer + 1 for layer, _ in stage_senders(spec, receivers, n_layers, n_heads)), default=0)
 
 
 @torch.no_grad()
@@ -196,7 +223,11 @@ def assemble_circuit(
         chosen[spec.name] = heads
         stages.append(
             StageRecord(
-                spec.name, describe_receivers(receivers), spec.position, below_layer(spec, receivers, n_layers), heads
+                spec.name,
+                describe_receivers(receivers),
+                spec.position,
+                below_layer(spec, receivers, n_layers, n_heads),
+                heads,
             )
         )
         evidence_by_head = _evidence(model, dataset, heads, copy, detector_table)

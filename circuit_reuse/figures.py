@@ -24,9 +24,10 @@ from matplotlib.patches import Rectangle
 PALETTE = sns.color_palette("colorblind")
 DIVERGING_CMAP = "RdBu_r"
 SEQUENTIAL_CMAP = "cividis"
-# Cells with no value (heads that cannot reach a stage's receivers) in every head grid.
+# Cells with no value (heads outside a stage's sender set) in every head grid.
 MISSING_COLOUR = "0.82"
-SCORE_LABEL = "score (fraction of the clean\u2192corrupt\nlogit-difference change)"
+# The sign convention: > 0 moves the logit difference toward the corrupted run's (the authors plot -100 x score).
+SCORE_LABEL = "score: fraction of the clean\u2192corrupt\nlogit-difference change\n(> 0: toward corrupt)"
 
 _PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 _PNG_METADATA = {"Software": None}

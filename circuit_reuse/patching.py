@@ -7,9 +7,16 @@ For a sender head s, receivers R and a patch position p (per prompt):
     receivers see at p: the q, k or v vector of each receiver head, or the final residual stream ("logits");
 (b) run the clean input again with only the receivers' activations at p replaced by the recorded ones, and
     read the logit difference LD = logit(correct) - logit(wrong) at each prompt's last real token;
-(c) score(s) = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), every LD a mean over all prompts.
+(c) score(s) = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), every LD a mean over prompts: over all
+    prompts at once ("pooled"), or over consecutive batches of prompts with the score the mean of the batches'
+    scores ("batch_mean", the authors' averaging, with batches of 25).
 
-Two implementations share input validation (`prepare_job`) and the score formula (`scores_from_sums`):
+Which heads are senders is a setting (`SENDER_SETS`); the authors' loop scores every head in the layers up to
+and including the lowest receiver layer, the receiver heads excepted. A sender in a receiver layer reaches only
+the receivers above it (a head reads its layer's residual stream before any head of that layer writes to it),
+so a sender whose every receiver lies in its own layer changes nothing and scores exactly 0, as in that loop.
+
+Two implementations share input validation (`prepare_job`) and the score formula (`PromptEffects.scores`):
 
 - `path_patch_reference` does (a) and (b) literally: two full forward passes of the bridge per sender per
   batch, with hooks. It is slow and obviously right; tests and the benchmark measure the fast one against it.
@@ -51,6 +58,19 @@ DEFAULT_ROW_BUDGET = 1 << 15
 Receiver = tuple[int, int, str]
 Sender = tuple[int, int]
 
+# Which heads are senders, for receivers in some layers (to the logits every head is a sender, whatever the set).
+SENDER_SETS = {
+    "authors": "every head in the layers up to and including the lowest receiver layer, the receivers excepted",
+    "any_path": "every head in the layers below the highest receiver layer, the receivers excepted",
+    "below_lowest": "every head in the layers below the lowest receiver layer",
+}
+DEFAULT_SENDER_SET = "authors"
+# How per-prompt logit differences become a score: one quotient of means over all prompts, or the mean of the
+# quotients of consecutive batches of `averaging_batch_size` prompts (the last batch may be shorter).
+AVERAGINGS = ("batch_mean", "pooled")
+DEFAULT_AVERAGING = "batch_mean"
+AUTHORS_AVERAGING_BATCH_SIZE = 25
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Inputs, shared by both implementations
@@ -84,22 +104,41 @@ class PatchJob:
     def n_prompts(self) -> int:
         return self.clean.shape[0]
 
-    def batches(self, batch_size: int) -> Iterator[PatchJob]:
-        """The same job restricted to consecutive slices of at most `batch_size` prompts."""
+    def batches(self, batch_size: int) -> Iterator[tuple[slice, PatchJob]]:
+        """The same job restricted to consecutive slices of at most `batch_size` prompts, with each slice."""
         for start in range(0, self.n_prompts, batch_size):
-            rows = slice(start, start + batch_size)
-            yield PatchJob(
-                clean=self.clean[rows],
-                corrupted=self.corrupted[rows],
-                answers=self.answers[rows],
-                position=self.position[rows],
-                end=self.end[rows],
-                receivers=self.receivers,
-                senders=self.senders,
-                freeze_mlps=self.freeze_mlps,
-                n_layers=self.n_layers,
-                n_heads=self.n_heads,
+            rows = slice(start, min(start + batch_size, self.n_prompts))
+            yield (
+                rows,
+                PatchJob(
+                    clean=self.clean[rows],
+                    corrupted=self.corrupted[rows],
+                    answers=self.answers[rows],
+                    position=self.position[rows],
+                    end=self.end[rows],
+                    receivers=self.receivers,
+                    senders=self.senders,
+                    freeze_mlps=self.freeze_mlps,
+                    n_layers=self.n_layers,
+                    n_heads=self.n_heads,
+                ),
             )
+
+
+def sender_heads(receivers, n_layers: int, n_heads: int, sender_set: str = DEFAULT_SENDER_SET) -> tuple[Sender, ...]:
+    """The senders of `sender_set` (see SENDER_SETS) for receivers "logits" or [(layer, head, component), ...].
+
+    Sorted by layer, then head. Every head when the receivers are the logits."""
+    if sender_set not in SENDER_SETS:
+        raise ValueError(f"sender_set must be one of {', '.join(SENDER_SETS)}; got {sender_set!r}")
+    if isinstance(receivers, str):
+        return tuple((layer, head) for layer in range(n_layers) for head in range(n_heads))
+    layers = [layer for layer, _, _ in receivers]
+    limit = {"authors": min(layers) + 1, "any_path": max(layers), "below_lowest": min(layers)}[sender_set]
+    receiver_heads = {(layer, head) for layer, head, _ in receivers}
+    return tuple(
+        (layer, head) for layer in range(limit) for head in range(n_heads) if (layer, head) not in receiver_heads
+    )
 
 
 def prepare_job(
@@ -112,6 +151,7 @@ def prepare_job(
     freeze_mlps: bool = False,
     senders: Sequence[Sender] | None = None,
     end_positions=None,
+    sender_set: str = DEFAULT_SENDER_SET,
 ) -> PatchJob:
     """Check every input and bring it into one canonical form; raise ValueError saying what is wrong."""
     cfg = model.cfg
@@ -165,11 +205,11 @@ def prepare_job(
             "receivers='logits' patches the final residual stream, which only reaches the logit difference at "
             "each prompt's last real token: position must be that token (pass position=None for it)"
         )
-    lowest = n_layers if receiver_tuple is None else min(r[0] for r in receiver_tuple)
+    eligible = sender_heads(LOGITS if receiver_tuple is None else receiver_tuple, n_layers, n_heads, sender_set)
     if senders is None:
-        sender_tuple = tuple((layer, head) for layer in range(lowest) for head in range(n_heads))
+        sender_tuple = eligible
     else:
-        sender_tuple = tuple(sorted({_check_sender(s, lowest, n_heads) for s in senders}))
+        sender_tuple = tuple(sorted({_check_sender(s, eligible, sender_set) for s in senders}))
 
     device = _model_device(model)
     return PatchJob(
@@ -262,15 +302,15 @@ def _check_receivers(receivers, n_layers: int, n_heads: int) -> tuple[Receiver, 
     return tuple(sorted(checked))
 
 
-def _check_sender(sender, lowest: int, n_heads: int) -> Sender:
+def _check_sender(sender, eligible: tuple[Sender, ...], sender_set: str) -> Sender:
     if not isinstance(sender, (tuple, list)) or len(sender) != 2:
         raise ValueError(f"each sender must be (layer, head); got {sender!r}")
-    layer, head = sender
-    if not isinstance(layer, int) or not 0 <= layer < lowest:
-        raise ValueError(f"sender {sender!r}: layer must be below the lowest receiver layer ({lowest})")
-    if not isinstance(head, int) or not 0 <= head < n_heads:
-        raise ValueError(f"sender {sender!r}: head must be an int in [0, {n_heads})")
-    return (layer, head)
+    if tuple(sender) not in eligible:
+        raise ValueError(
+            f"sender {tuple(sender)!r} is not in the sender set {sender_set!r} of these receivers "
+            f"({SENDER_SETS[sender_set]})"
+        )
+    return (int(sender[0]), int(sender[1]))
 
 
 def _model_device(model) -> torch.device:
@@ -287,46 +327,55 @@ def _model_dtype(model) -> torch.dtype:
 
 
 @dataclass
-class ScoreSums:
-    """Running sums over prompts; the score is formed once at the end, so it does not depend on batch size."""
+class PromptEffects:
+    """Per-prompt logit differences, filled batch by batch; the scores are formed once every prompt is in, so
+    how prompts are batched for computing never changes them."""
 
-    n_layers: int
-    n_heads: int
-    patched_minus_clean: torch.Tensor = field(init=False)  # [n_layers, n_heads], sum of LD_patched - LD_clean
-    clean: float = 0.0
-    corrupt: float = 0.0
-    n_prompts: int = 0
+    n_prompts: int
+    senders: tuple[Sender, ...]
+    clean: torch.Tensor = field(init=False)  # [n_prompts] LD_clean
+    corrupt: torch.Tensor = field(init=False)  # [n_prompts] LD_corrupt
+    patched_minus_clean: torch.Tensor = field(init=False)  # [n_senders, n_prompts] LD_patched - LD_clean
 
     def __post_init__(self):
-        self.patched_minus_clean = torch.zeros(self.n_layers, self.n_heads, dtype=torch.float64)
+        self.clean = torch.zeros(self.n_prompts, dtype=torch.float64)
+        self.corrupt = torch.zeros(self.n_prompts, dtype=torch.float64)
+        self.patched_minus_clean = torch.zeros(len(self.senders), self.n_prompts, dtype=torch.float64)
+        self._row = {sender: i for i, sender in enumerate(self.senders)}
 
-    def add_baselines(self, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> None:
-        self.clean += float(ld_clean.double().sum())
-        self.corrupt += float(ld_corrupt.double().sum())
-        self.n_prompts += ld_clean.shape[0]
+    def add_baselines(self, prompts: slice, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> None:
+        self.clean[prompts] = ld_clean.double().cpu()
+        self.corrupt[prompts] = ld_corrupt.double().cpu()
 
-    def add_senders(self, senders: Sequence[Sender], patched_minus_clean: torch.Tensor) -> None:
+    def add_senders(self, prompts: slice, senders: Sequence[Sender], patched_minus_clean: torch.Tensor) -> None:
         """`patched_minus_clean`: [len(senders), batch], LD_patched - LD_clean per sender and prompt."""
-        totals = patched_minus_clean.double().sum(dim=1).cpu()
-        for (layer, head), total in zip(senders, totals, strict=True):
-            self.patched_minus_clean[layer, head] += total
+        rows = [self._row[sender] for sender in senders]
+        self.patched_minus_clean[rows, prompts] = patched_minus_clean.double().cpu()
 
-
-def scores_from_sums(sums: ScoreSums, senders: Sequence[Sender]) -> torch.Tensor:
-    """score = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), means over all prompts; NaN for non-senders."""
-    n = sums.n_prompts
-    denominator = (sums.corrupt - sums.clean) / n
-    if denominator == 0 or not math.isfinite(denominator):
-        warnings.warn(
-            f"mean logit difference is the same on clean and corrupted prompts ({sums.clean / n:.6g}); the path "
-            "patching scores are undefined (inf or nan)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    scores = torch.full((sums.n_layers, sums.n_heads), float("nan"), dtype=torch.float64)
-    for layer, head in senders:
-        scores[layer, head] = sums.patched_minus_clean[layer, head] / n / denominator
-    return scores
+    def scores(self, n_layers: int, n_heads: int, averaging: str, averaging_batch_size: int) -> torch.Tensor:
+        """score = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), float64 [n_layers, n_heads], NaN for heads
+        that are not senders. "pooled": every LD the mean over all prompts. "batch_mean": the same quotient per
+        consecutive batch of `averaging_batch_size` prompts, then the mean of the batches' quotients."""
+        step = self.n_prompts if averaging == "pooled" else averaging_batch_size
+        quotients, denominators = [], []
+        for start in range(0, self.n_prompts, step):
+            prompts = slice(start, start + step)
+            denominator = (self.corrupt[prompts] - self.clean[prompts]).mean()
+            quotients.append(self.patched_minus_clean[:, prompts].mean(dim=1) / denominator)
+            denominators.append(float(denominator))
+        if any(d == 0 or not math.isfinite(d) for d in denominators):
+            warnings.warn(
+                f"mean logit difference is the same on clean and corrupted prompts ({float(self.clean.mean()):.6g} "
+                f"over all prompts) in some batch of {step} prompts; the path patching scores are undefined "
+                "(inf or nan)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        per_sender = torch.stack(quotients).mean(dim=0)
+        grid = torch.full((n_layers, n_heads), float("nan"), dtype=torch.float64)
+        for (layer, head), score in zip(self.senders, per_sender, strict=True):
+            grid[layer, head] = score
+        return grid
 
 
 def logit_difference(logits_at_end: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -339,9 +388,12 @@ def _progress(job: PatchJob, batch_size: int, progress: bool, desc: str) -> tqdm
     return tqdm(total=n_batches * len(job.senders), unit="sender", desc=desc, disable=not progress, smoothing=0.1)
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+def _check_scoring(batch_size: int, averaging: str, averaging_batch_size: int) -> None:
+    for name, value in (("batch_size", batch_size), ("averaging_batch_size", averaging_batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if averaging not in AVERAGINGS:
+        raise ValueError(f"averaging must be one of {', '.join(AVERAGINGS)}; got {averaging!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -392,6 +444,9 @@ def path_patch_reference(
     freeze_mlps: bool = False,
     *,
     senders: Sequence[Sender] | None = None,
+    sender_set: str = DEFAULT_SENDER_SET,
+    averaging: str = DEFAULT_AVERAGING,
+    averaging_batch_size: int = AUTHORS_AVERAGING_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     end_positions=None,
     progress: bool = True,
@@ -399,20 +454,31 @@ def path_patch_reference(
     """Path patching exactly as the recipe reads: two full forward passes of the bridge per sender per batch.
 
     Same arguments and result as `path_patch` (float64 [n_layers, n_heads] on the CPU, NaN for heads that are
-    not senders); `senders` restricts the work to some heads (the benchmark times a sample). Slow by design.
+    not senders); `senders` restricts the work to some heads (the benchmark times a sample). Like the authors'
+    loop it runs every sender of the set, including those in a receiver layer that reach no receiver (they
+    score exactly 0). Slow by design.
     """
-    _check_batch_size(batch_size)
+    _check_scoring(batch_size, averaging, averaging_batch_size)
     job = prepare_job(
-        model, clean_tokens, corrupted_tokens, answer_tokens, receivers, position, freeze_mlps, senders, end_positions
+        model,
+        clean_tokens,
+        corrupted_tokens,
+        answer_tokens,
+        receivers,
+        position,
+        freeze_mlps,
+        senders,
+        end_positions,
+        sender_set,
     )
-    sums = ScoreSums(job.n_layers, job.n_heads)
+    effects = PromptEffects(job.n_prompts, job.senders)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching (reference)") as bar:
-        for batch in job.batches(batch_size):
-            _reference_batch(model, batch, sums, bar)
-    return scores_from_sums(sums, job.senders)
+        for prompts, batch in job.batches(batch_size):
+            _reference_batch(model, batch, prompts, effects, bar)
+    return effects.scores(job.n_layers, job.n_heads, averaging, averaging_batch_size)
 
 
-def _reference_batch(model, job: PatchJob, sums: ScoreSums, bar: tqdm) -> None:
+def _reference_batch(model, job: PatchJob, prompts: slice, effects: PromptEffects, bar: tqdm) -> None:
     rows = torch.arange(job.n_prompts, device=job.clean.device)
     p, end = job.position, job.end
 
@@ -429,14 +495,14 @@ def _reference_batch(model, job: PatchJob, sums: ScoreSums, bar: tqdm) -> None:
     corrupt_logits, corrupt = _run_storing(model, job.corrupted, wanted)
     ld_clean = logit_difference(clean_logits[rows, end], job.answers)
     ld_corrupt = logit_difference(corrupt_logits[rows, end], job.answers)
-    sums.add_baselines(ld_clean, ld_corrupt)
+    effects.add_baselines(prompts, ld_clean, ld_corrupt)
     del clean_logits, corrupt_logits
 
     receiver_hooks = _receiver_hook_names(job)
     for sender in job.senders:
         recorded = _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, rows)
         ld_patched = _reference_receiver_run(model, job, recorded, rows)
-        sums.add_senders([sender], (ld_patched - ld_clean)[None])
+        effects.add_senders(prompts, [sender], (ld_patched - ld_clean)[None])
         bar.update(1)
 
 
@@ -931,6 +997,9 @@ def path_patch(
     freeze_mlps: bool = False,
     *,
     senders: Sequence[Sender] | None = None,
+    sender_set: str = DEFAULT_SENDER_SET,
+    averaging: str = DEFAULT_AVERAGING,
+    averaging_batch_size: int = AUTHORS_AVERAGING_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     sender_chunk: int | None = None,
     end_positions=None,
@@ -943,33 +1012,45 @@ def path_patch(
     receivers: "logits" (the final residual stream) or a list of (layer, head, component), component q, k or v.
     position: int, LongTensor [batch] or None (each prompt's last real token): where the path is patched.
     freeze_mlps: also hold every MLP output at the patch position at its clean value in step (a).
-    senders: compute only these (layer, head); default every head below the lowest receiver layer.
+    senders: compute only these (layer, head), which must belong to the sender set; default the whole set.
+    sender_set: which heads are senders (SENDER_SETS): "authors" (default), "any_path" or "below_lowest".
+    averaging: "batch_mean" (default, the authors': the mean of the scores of consecutive batches of
+    `averaging_batch_size` prompts, 25 by default) or "pooled" (one score from means over all prompts).
     batch_size: prompts per clean/corrupted run. sender_chunk: senders per pass (default: as many as fit in
     DEFAULT_ROW_BUDGET rows); both bound memory and neither changes the result beyond rounding.
     end_positions: each prompt's last real token, where the logit difference is read; default: the token before
     the right-padding (the tokenizer's pad token).
-    Heads that are not senders (layer >= the lowest receiver layer) score NaN.
+    Heads that are not senders score NaN.
     """
-    _check_batch_size(batch_size)
+    _check_scoring(batch_size, averaging, averaging_batch_size)
     if sender_chunk is not None and (not isinstance(sender_chunk, int) or sender_chunk < 1):
         raise ValueError(f"sender_chunk must be a positive int or None; got {sender_chunk!r}")
     job = prepare_job(
-        model, clean_tokens, corrupted_tokens, answer_tokens, receivers, position, freeze_mlps, senders, end_positions
+        model,
+        clean_tokens,
+        corrupted_tokens,
+        answer_tokens,
+        receivers,
+        position,
+        freeze_mlps,
+        senders,
+        end_positions,
+        sender_set,
     )
     weights = GPT2Weights(model)
-    sums = ScoreSums(job.n_layers, job.n_heads)
+    effects = PromptEffects(job.n_prompts, job.senders)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching") as bar:
-        for batch in job.batches(batch_size):
+        for prompts, batch in job.batches(batch_size):
             cache = clean_cache(weights, batch)
-            sums.add_baselines(cache.ld_clean, cache.ld_corrupt)
+            effects.add_baselines(prompts, cache.ld_clean, cache.ld_corrupt)
             chunk = sender_chunk or _default_chunk(batch)
             for start in range(0, len(batch.senders), chunk):
                 group = batch.senders[start : start + chunk]
                 recorded = receivers_after_sender_patch(weights, batch, cache, group)
                 ld = patched_logit_difference(weights, batch, cache, recorded)
-                sums.add_senders(group, ld[1:] - ld[:1])
+                effects.add_senders(prompts, group, ld[1:] - ld[:1])
                 bar.update(len(group))
-    return scores_from_sums(sums, job.senders)
+    return effects.scores(job.n_layers, job.n_heads, averaging, averaging_batch_size)
 
 
 def _default_chunk(job: PatchJob) -> int:

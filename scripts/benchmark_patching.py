@@ -11,6 +11,7 @@ workload would take with each implementation.
 
     python scripts/benchmark_patching.py                      # CPU, N = 32, 4 reference senders per stage
     python scripts/benchmark_patching.py --device cuda --n-prompts 100
+    python scripts/benchmark_patching.py --sender-set below_lowest   # another sender set (default: the authors')
 
 Needs the GPT-2 tokenizer: $CIRCUIT_REUSE_TOKENIZER (or --tokenizer); $CIRCUIT_REUSE_GPT2_CONFIGS (optional)
 lets it check the shape against the real config.
@@ -47,23 +48,43 @@ STAGES = {
     "keyvalue": (INHIBITION_KEYS_VALUES, "question_object", "k,v of 12.3 13.4 13.13 @obj"),
 }
 
-# The paper's workload, for the extrapolation. Per model: (name, n_layers, n_heads, d_model) and, per task, the
-# sender count of each stage: the logits stage has every head as a sender, a later stage the heads below its
-# lowest receiver layer. Those layers are the paper's heads (medium: movers from 15, inhibition from 12, content
-# gatherers from 11, induction from 9) and Wang et al.'s (small: movers from 9, S-inhibition from 7, induction
-# from 5); the discovered circuits may differ.
+# The paper's workload, for the extrapolation: per model (name, n_layers, n_heads, d_model) and task, each stage
+# after the logits with the heads that receive in it (the previous stage's), from the paper (medium: movers
+# 15.14 16.15 17.4 18.5 19.15 and negative mover 19.1; IOI inhibition 12.3 13.4 13.13; Colored Objects content
+# gatherers 11.6 11.7 12.15; induction 9.3) and Wang et al. (small: movers 9.9 9.6 10.0; S-inhibition 7.3 7.9
+# 8.6; induction 5.5 5.8 5.9). Each stage's senders are the sender set's for those receivers (the logits stage:
+# every head); the discovered circuits may differ.
 PAPER_N = 1000
 KEY_VALUE_STAGES = ("induction", "previous_token")
+MEDIUM_MOVERS = [(15, 14), (16, 15), (17, 4), (18, 5), (19, 15), (19, 1)]
+SMALL_MOVERS = [(9, 9), (9, 6), (10, 0)]
+SMALL_INHIBITION = [(7, 3), (7, 9), (8, 6)]
 PAPER_WORKLOAD = {
     ("gpt2-small", 12, 12, 768): {
-        "ioi": {"movers": 144, "inhibition": 9 * 12, "induction": 7 * 12, "previous_token": 5 * 12},
-        "colored_objects": {"movers": 144, "inhibition": 9 * 12, "induction": 7 * 12},
+        "ioi": {"inhibition": SMALL_MOVERS, "induction": SMALL_INHIBITION, "previous_token": [(5, 5), (5, 8), (5, 9)]},
+        "colored_objects": {"inhibition": SMALL_MOVERS, "induction": SMALL_INHIBITION},
     },
     ("gpt2-medium", 24, 16, 1024): {
-        "ioi": {"movers": 384, "inhibition": 15 * 16, "induction": 12 * 16, "previous_token": 9 * 16},
-        "colored_objects": {"movers": 384, "inhibition": 15 * 16, "induction": 11 * 16},
+        "ioi": {"inhibition": MEDIUM_MOVERS, "induction": [(12, 3), (13, 4), (13, 13)], "previous_token": [(9, 3)]},
+        "colored_objects": {"inhibition": MEDIUM_MOVERS, "induction": [(11, 6), (11, 7), (12, 15)]},
     },
 }
+
+
+def paper_sender_counts(sender_set: str) -> dict[tuple, dict[str, dict[str, int]]]:
+    """Senders per stage of the paper's workload: every head to the logits (movers), the set's otherwise."""
+    counts = {}
+    for model, tasks in PAPER_WORKLOAD.items():
+        _, n_layers, n_heads, _ = model
+        counts[model] = {
+            task: {"movers": n_layers * n_heads}
+            | {
+                stage: len(patching.sender_heads([(l, h, "q") for l, h in heads], n_layers, n_heads, sender_set))
+                for stage, heads in stages.items()
+            }
+            for task, stages in tasks.items()
+        }
+    return counts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer directory ($CIRCUIT_REUSE_TOKENIZER)")
     parser.add_argument("--seed", type=int, default=42, help="dataset seed (the paper's Colored Objects seed)")
     parser.add_argument("--stages", default="logits,query,keyvalue", help="comma-separated: logits, query, keyvalue")
+    parser.add_argument(
+        "--sender-set", default=patching.DEFAULT_SENDER_SET, choices=list(patching.SENDER_SETS), help="default authors"
+    )
     return parser.parse_args(argv)
 
 
@@ -155,13 +179,12 @@ def sample_senders(senders: list[tuple[int, int]], k: int) -> list[tuple[int, in
 
 def run_stage(model, dataset, receivers, role: str, args) -> dict:
     cfg = model.cfg
-    lowest = cfg.n_layers if receivers == "logits" else min(layer for layer, _, _ in receivers)
-    all_senders = [(layer, head) for layer in range(lowest) for head in range(cfg.n_heads)]
+    all_senders = patching.sender_heads(receivers, cfg.n_layers, cfg.n_heads, args.sender_set)
     sampled = sample_senders(all_senders, args.reference_senders)
     batch_size = args.batch_size or len(dataset)
     position = None if receivers == "logits" else dataset.positions[role]
     inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.answer_tokens, receivers, position)
-    common = {"batch_size": batch_size, "end_positions": dataset.end, "progress": False}
+    common = {"batch_size": batch_size, "sender_set": args.sender_set, "end_positions": dataset.end, "progress": False}
 
     reset_peak_memory(args.device)
     synchronize(args.device)
@@ -200,11 +223,12 @@ def run_stage(model, dataset, receivers, role: str, args) -> dict:
     }
 
 
-def extrapolate(per_sender_prompt: dict[str, float]) -> tuple[float, list[str]]:
+def extrapolate(per_sender_prompt: dict[str, float], sender_set: str) -> tuple[float, list[str]]:
     """Seconds for the paper's workload from the measured seconds per sender and prompt of each stage kind."""
     _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == ARCHITECTURE)
     total = 0.0
-    for (_, layers, _, width), tasks in PAPER_WORKLOAD.items():
+    counts = paper_sender_counts(sender_set)
+    for (_, layers, _, width), tasks in counts.items():
         # Cost per sender and prompt scales with the model's per-token compute, layers x d_model^2.
         scale = (layers * width**2) / (n_layers * d_model**2)
         for stages in tasks.values():
@@ -215,8 +239,12 @@ def extrapolate(per_sender_prompt: dict[str, float]) -> tuple[float, list[str]]:
                 total += per_sender_prompt[kind] * scale * senders * PAPER_N
     assumptions = [
         f"paper's workload: GPT-2 small and medium x IOI (4 stages) and Colored Objects (3 stages), N = {PAPER_N}",
-        "senders per stage: all heads to the logits; below the lowest receiver layer otherwise "
-        "(medium movers from layer 15, inhibition 12, content gatherers 11, induction 9; small 9, 7, 5)",
+        f"senders per stage: all heads to the logits; the {sender_set!r} set of the paper's receivers otherwise: "
+        + "; ".join(
+            f"{model} {task} " + " ".join(f"{stage} {n}" for stage, n in stages.items())
+            for (model, *_), tasks in counts.items()
+            for task, stages in tasks.items()
+        ),
         "time linear in senders x prompts; the induction and previous-token (k/v) stages cost per sender what "
         "the measured key/value stage does (the query stage's where that was not measured)",
         "GPT-2 small scaled by its per-token compute (12 x 768^2) / (24 x 1024^2) = 0.28; prompts as long as "
@@ -251,7 +279,7 @@ def main(argv=None) -> int:
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
         print(
             f"prompts: {len(dataset)} Colored Objects (seed {args.seed}), {lengths} tokens; "
-            f"batch size {args.batch_size or len(dataset)}"
+            f"batch size {args.batch_size or len(dataset)}; sender set {args.sender_set!r}"
         )
         with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
             model(dataset.clean_tokens[:2].to(device))
@@ -298,7 +326,7 @@ def main(argv=None) -> int:
         print()
         print(f"extrapolated full-paper workload on this device ({device}):")
         for implementation in ("reference", "fast"):
-            seconds, assumptions = extrapolate(per_sender_prompt[implementation])
+            seconds, assumptions = extrapolate(per_sender_prompt[implementation], args.sender_set)
             print(f"  {implementation:<10}{seconds:>14,.0f} s = {seconds / 3600:>9,.2f} h")
         print("  assumptions:")
         for line in assumptions:

@@ -5,6 +5,7 @@ from pathlib import Path
 from circuit_reuse.datasets import load_dataset
 from circuit_reuse.discovery import (
     StageSpec,
+    averaging_description,
     describe_receivers,
     grid_from_table,
     run_stage,
@@ -31,7 +32,14 @@ with model_job(job):
     receivers = stage_receivers(spec, earlier)
     print(f"{job.wildcards.model} {job.wildcards.task} stage {spec.name}: receivers {describe_receivers(receivers)}")
     grid = run_stage(
-        model, dataset, spec, receivers, batch_size=job.params.batch_size, freeze_mlps=job.params.freeze_mlps
+        model,
+        dataset,
+        spec,
+        receivers,
+        batch_size=job.params.batch_size,
+        freeze_mlps=job.params.freeze_mlps,
+        averaging=job.params.averaging,
+        averaging_batch_size=job.params.averaging_batch_size,
     )
     table = scores_table(
         grid,
@@ -43,5 +51,7 @@ with model_job(job):
         n_prompts=len(dataset),
         seed=dataset.meta.get("seed"),
         freeze_mlps=job.params.freeze_mlps,
+        senders=spec.senders or "all heads",
+        averaging=averaging_description(job.params.averaging, job.params.averaging_batch_size),
     )
     write_parquet(job.output.scores, table, config=dict(job.params))

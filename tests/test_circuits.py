@@ -18,6 +18,15 @@ def test_selection_uses_magnitude_skips_nan_and_breaks_ties_by_position():
     assert select_heads(np.full((2, 2), np.nan), top_percent=50) == []
 
 
+def test_heads_with_no_effect_are_never_selected():
+    """A score of exactly 0 (a sender with no path to the receivers) is no evidence for the head, even when fewer
+    heads have an effect than the top p% asks for or the threshold is 0."""
+    scores = np.array([[0.0, -0.2], [0.0, np.nan]])
+    assert select_heads(scores, top_percent=75) == [(0, 1)]
+    assert select_heads(scores, threshold=0) == [(0, 1)]
+    assert select_heads(np.zeros((2, 2)), top_percent=50) == []
+
+
 def test_at_least_one_head_is_selected():
     assert len(select_heads(np.ones((2, 2)), top_percent=1)) == 1
 

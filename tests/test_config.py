@@ -126,6 +126,20 @@ def test_discovery_defaults_are_the_papers(paper_config):
         "previous_token",
     ]
     assert config["discovery"]["stages"]["colored_objects"][1]["receivers"] == {"stage": "movers", "components": ["q"]}
+    # The authors' path patching: their loop's senders, the mean of the scores of batches of 25 prompts.
+    assert (config["discovery"]["senders"], config["discovery"]["averaging"]) == ("authors", "batch_mean")
+    assert config["discovery"]["averaging_batch_size"] == 25
+    without_discovery = {key: value for key, value in paper_config.items() if key != "discovery"}
+    assert validate_config(without_discovery)["discovery"] == config["discovery"], "the schema's defaults agree"
+
+
+def test_sender_set_and_averaging_are_checked(paper_config):
+    paper_config["discovery"] = {"senders": "all", "averaging": "median", "averaging_batch_size": 0}
+    message = _error(paper_config)
+    for key in ("discovery.senders", "discovery.averaging", "discovery.averaging_batch_size"):
+        assert key in message
+    paper_config["discovery"] = {"stages": {"ioi": [{"name": "movers", "receivers": "logits", "senders": "all"}]}}
+    assert "discovery.stages.ioi.0.senders" in _error(paper_config)
 
 
 def test_selection_takes_exactly_one_rule(paper_config):

@@ -7,12 +7,14 @@ from circuit_reuse.discovery import (
     StageError,
     StageSpec,
     assemble_circuit,
+    below_layer,
     describe_receivers,
     grid_from_table,
     parse_stages,
     scores_table,
     selected_heads,
     stage_receivers,
+    stage_senders,
 )
 from circuit_reuse.head_roles import detector_scores
 from circuit_reuse.models import load_tokenizer
@@ -27,7 +29,25 @@ IOI_STAGES = [
 def test_stages_parse_with_their_kinds():
     specs = parse_stages("ioi", IOI_STAGES)
     assert [s.kind for s in specs] == ["logits", "query", "key_value"]
-    assert specs[2] == StageSpec("induction", "inhibition", ("k", "v"), "S2")
+    assert specs[2] == StageSpec("induction", "inhibition", ("k", "v"), "S2", "authors")
+
+
+def test_each_stage_takes_the_default_sender_set_or_its_own():
+    entries = [*IOI_STAGES[:2], {**IOI_STAGES[2], "senders": "below_lowest"}]
+    specs = parse_stages("ioi", entries, senders="any_path")
+    assert [s.senders for s in specs] == [None, "any_path", "below_lowest"]  # to the logits every head sends
+    # q of 1.1 and 3.2 in a 4-layer, 2-head model: the heads each set scores and the layer they lie below.
+    receivers = [(1, 1, "q"), (3, 0, "q")]
+    for senders, heads, limit in [
+        ("authors", ((0, 0), (0, 1), (1, 0)), 2),
+        ("any_path", ((0, 0), (0, 1), (1, 0), (2, 0), (2, 1)), 3),
+        ("below_lowest", ((0, 0), (0, 1)), 1),
+    ]:
+        spec = StageSpec("inhibition", "movers", ("q",), "END", senders)
+        assert stage_senders(spec, receivers, 4, 2) == heads
+        assert below_layer(spec, receivers, 4, 2) == limit
+    assert stage_senders(specs[1], [], 4, 2) == ()
+    assert below_layer(specs[0], "logits", 4, 2) == 4
 
 
 @pytest.mark.parametrize(
@@ -37,6 +57,7 @@ def test_stages_parse_with_their_kinds():
         ([{"name": "a", "receivers": "logits", "position": "S2"}], "reads the answer at END"),
         ([{"name": "a", "receivers": "logits"}, {"name": "a", "receivers": "logits"}], "used twice"),
         ([], "no stages"),
+        ([{"name": "a", "receivers": "logits", "senders": "all"}], r"\[0\]\.senders: 'all' is not one of"),
     ],
 )
 def test_inconsistent_stages_are_refused(entries, message):
@@ -104,7 +125,7 @@ def test_assembled_circuit_selects_per_stage_and_labels_by_the_rules(tiny_model,
     )
     assert circuit.stage("movers").heads == [(1, 1), (1, 2)]
     assert circuit.stage("inhibition").heads == [(0, 1), (0, 0)]
-    assert circuit.stage("inhibition").receivers == "q: 1.1,1.2" and circuit.stage("inhibition").below_layer == 1
+    assert circuit.stage("inhibition").receivers == "q: 1.1,1.2" and circuit.stage("inhibition").below_layer == 2
     roles = {(i.layer, i.head): i.role for i in circuit.head_infos}
     assert roles[(1, 1)] == "mover" and roles[(1, 2)] == "negative_mover"
     for head in [(0, 1), (0, 0)]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from circuit_reuse.models import ModelSpec, cache_model, load_model
-from circuit_reuse.patching import path_patch, path_patch_reference
+from circuit_reuse.patching import SENDER_SETS, path_patch, path_patch_reference, sender_heads
 
 TOLERANCE = 1e-4
 # Token ids drawn for prompts stay below GPT-2's end-of-text id (50256), which is also the pad token.
@@ -20,6 +20,7 @@ TOKEN_LIMIT = 50000
 SHAPES = {
     "2L4H64d": {"n_layer": 2, "n_head": 4, "n_embd": 64},
     "3L4H48d": {"n_layer": 3, "n_head": 4, "n_embd": 48},
+    "4L4H32d": {"n_layer": 4, "n_head": 4, "n_embd": 32},
 }
 # GPT-2's own initialisation (std 0.02) leaves attention almost uniform in a random model, so q/k/v paths score
 # about 1e-3, too close to float32 rounding (about 1e-5 here) to tell a wrong implementation from a right one.
@@ -85,14 +86,14 @@ def assert_same_scores(fast: torch.Tensor, reference: torch.Tensor, tolerance: f
     assert defined.any(), "no head was scored"
     # Not a vacuous comparison: the job moves some score well past the tolerance.
     assert reference[defined].abs().max() > 100 * tolerance
+    # float32 rounding grows with the score: a batch with a small LD_corrupt - LD_clean gives scores above 1.
+    bound = tolerance * max(1.0, reference[defined].abs().max().item())
     difference = (fast[defined] - reference[defined]).abs().max().item()
-    assert difference <= tolerance, f"fast and reference scores differ by up to {difference:.3g}"
+    assert difference <= bound, f"fast and reference scores differ by up to {difference:.3g}"
 
 
-def assert_nan_from_layer(scores: torch.Tensor, lowest_receiver_layer: int) -> None:
-    """Heads at or above the lowest receiver layer are no senders (NaN); every head below is scored."""
-    assert scores[lowest_receiver_layer:].isnan().all()
-    assert not scores[:lowest_receiver_layer].isnan().any()
+def scored_heads(scores: torch.Tensor) -> set[tuple[int, int]]:
+    return {(layer, head) for layer, head in (~scores.isnan()).nonzero().tolist()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,48 +102,66 @@ def assert_nan_from_layer(scores: torch.Tensor, lowest_receiver_layer: int) -> N
 
 # Variable lengths in one batch: the shorter prompts are right-padded.
 LENGTHS = (9, 7, 11, 8)
+# With batch_mean the cases average two batches of 2 prompts, so the mean of batch scores differs from the pooled
+# score (the authors' 25 would put these 4 prompts in one batch); a last, shorter batch is tested below.
+AVERAGING_BATCH = 2
 
 
-# (shape, seed, freeze_mlps): both shapes, both seeds and both MLP settings, without the full product (the
-# reference costs two bridge passes per sender).
-LOGITS_CASES = [("2L4H64d", 0, False), ("2L4H64d", 1, True), ("3L4H48d", 0, True), ("3L4H48d", 1, False)]
+# (shape, seed, freeze_mlps, averaging): both shapes, both seeds, both MLP settings and both averagings, without
+# the full product (the reference costs two bridge passes per sender). Every head is a sender to the logits,
+# whatever the sender set.
+LOGITS_CASES = [
+    ("2L4H64d", 0, False, "pooled"),
+    ("2L4H64d", 1, True, "batch_mean"),
+    ("3L4H48d", 0, True, "pooled"),
+    ("3L4H48d", 1, False, "batch_mean"),
+]
 
 
-@pytest.mark.parametrize(("shape", "seed", "freeze_mlps"), LOGITS_CASES)
-def test_logits_stage_matches_reference(sharp_model, shape, seed, freeze_mlps):
+@pytest.mark.parametrize(("shape", "seed", "freeze_mlps", "averaging"), LOGITS_CASES)
+def test_logits_stage_matches_reference(sharp_model, shape, seed, freeze_mlps, averaging):
     model = sharp_model(shape, seed)
     clean, corrupted, answers, end = make_prompts(model, LENGTHS, seed)
-    fast, reference = both(model, clean, corrupted, answers, "logits", None, freeze_mlps)
+    options = dict(averaging=averaging, averaging_batch_size=AVERAGING_BATCH)
+    fast, reference = both(model, clean, corrupted, answers, "logits", None, freeze_mlps, **options)
     assert_same_scores(fast, reference)
     assert not fast.isnan().any(), "to the logits every head is a sender"
     # An explicit END position is the same job as position=None.
-    explicit = path_patch(model, clean, corrupted, answers, "logits", end, freeze_mlps, progress=False)
+    explicit = path_patch(model, clean, corrupted, answers, "logits", end, freeze_mlps, progress=False, **options)
     assert torch.equal(explicit, fast)
 
 
+# Receivers in one layer.
 SINGLE_Q = [(1, 2, "q")]
 KEY_VALUE = [(1, 0, "k"), (1, 3, "v")]
 SAME_HEAD_ALL = [(1, 0, "q"), (1, 0, "k"), (1, 0, "v"), (1, 1, "q")]
 LAST_LAYER_Q = [(2, 1, "q"), (2, 3, "q")]
+# Receivers in two layers.
 TWO_LAYERS = [(1, 2, "v"), (2, 0, "k")]
 MIXED = [(1, 0, "q"), (2, 1, "v"), (2, 2, "k"), (1, 3, "k")]
-# (shape, seed, receivers, freeze_mlps, position): single, several, mixed components and receivers in several
-# layers, each with MLPs frozen and not, at END and at an earlier position per prompt. A query of the last layer
-# at an earlier position cannot reach the logits at END (see the known-answer test below), so those sets are
-# compared at END only.
+# Receivers in three layers (of a 4-layer model).
+THREE_LAYERS = [(1, 1, "q"), (2, 0, "k"), (3, 2, "v")]
+THREE_LAYERS_QUERIES = [(1, 3, "q"), (2, 2, "q"), (3, 0, "q"), (3, 1, "q")]
+# (shape, seed, receivers, freeze_mlps, position, sender_set, averaging): receivers in one, two and three layers,
+# each with MLPs frozen and not, at END and at an earlier position per prompt, under every sender set and both
+# averagings. A query of the last layer at an earlier position cannot reach the logits at END (see the
+# known-answer test below), so sets with last-layer queries are compared at END only.
 QKV_CASES = [
-    ("2L4H64d", 0, SINGLE_Q, False, "END"),
-    ("2L4H64d", 1, SINGLE_Q, True, "END"),
-    ("2L4H64d", 0, KEY_VALUE, True, "earlier"),
-    ("2L4H64d", 1, KEY_VALUE, False, "END"),
-    ("2L4H64d", 1, SAME_HEAD_ALL, False, "earlier"),
-    ("2L4H64d", 0, SAME_HEAD_ALL, True, "END"),
-    ("3L4H48d", 0, LAST_LAYER_Q, True, "END"),
-    ("3L4H48d", 1, LAST_LAYER_Q, False, "END"),
-    ("3L4H48d", 1, TWO_LAYERS, True, "earlier"),
-    ("3L4H48d", 0, TWO_LAYERS, False, "END"),
-    ("3L4H48d", 0, MIXED, False, "earlier"),
-    ("3L4H48d", 1, MIXED, True, "earlier"),
+    ("2L4H64d", 0, SINGLE_Q, False, "END", "authors", "pooled"),
+    ("2L4H64d", 1, SINGLE_Q, True, "END", "below_lowest", "batch_mean"),
+    ("2L4H64d", 0, KEY_VALUE, True, "earlier", "authors", "batch_mean"),
+    ("2L4H64d", 1, KEY_VALUE, False, "END", "any_path", "pooled"),
+    ("2L4H64d", 1, SAME_HEAD_ALL, False, "earlier", "below_lowest", "pooled"),
+    ("2L4H64d", 0, SAME_HEAD_ALL, True, "END", "authors", "batch_mean"),
+    ("3L4H48d", 0, LAST_LAYER_Q, True, "END", "authors", "pooled"),
+    ("3L4H48d", 1, TWO_LAYERS, True, "earlier", "authors", "batch_mean"),
+    ("3L4H48d", 0, TWO_LAYERS, False, "END", "any_path", "pooled"),
+    ("3L4H48d", 0, MIXED, False, "earlier", "any_path", "batch_mean"),
+    ("3L4H48d", 1, MIXED, True, "earlier", "below_lowest", "pooled"),
+    ("4L4H32d", 0, THREE_LAYERS, False, "earlier", "authors", "pooled"),
+    ("4L4H32d", 1, THREE_LAYERS, True, "END", "any_path", "batch_mean"),
+    ("4L4H32d", 0, THREE_LAYERS_QUERIES, True, "END", "authors", "batch_mean"),
+    ("4L4H32d", 1, THREE_LAYERS_QUERIES, False, "END", "below_lowest", "pooled"),
 ]
 
 
@@ -156,14 +175,101 @@ def corrupt_early(length: int) -> list[int]:
     return [1, length - 5]
 
 
-@pytest.mark.parametrize(("shape", "seed", "receivers", "freeze_mlps", "where"), QKV_CASES)
-def test_qkv_stage_matches_reference(sharp_model, shape, seed, receivers, freeze_mlps, where):
+@pytest.mark.parametrize(("shape", "seed", "receivers", "freeze_mlps", "where", "sender_set", "averaging"), QKV_CASES)
+def test_qkv_stage_matches_reference(sharp_model, shape, seed, receivers, freeze_mlps, where, sender_set, averaging):
     model = sharp_model(shape, seed)
     clean, corrupted, answers, end = make_prompts(model, LENGTHS, seed, corrupt_at=corrupt_early)
     position = None if where == "END" else earlier_positions(end)
-    fast, reference = both(model, clean, corrupted, answers, receivers, position, freeze_mlps)
+    options = dict(sender_set=sender_set, averaging=averaging, averaging_batch_size=AVERAGING_BATCH)
+    fast, reference = both(model, clean, corrupted, answers, receivers, position, freeze_mlps, **options)
     assert_same_scores(fast, reference)
-    assert_nan_from_layer(fast, min(layer for layer, _, _ in receivers))
+    assert scored_heads(fast) == expected_senders(receivers, model.cfg.n_layers, model.cfg.n_heads, sender_set)
+
+
+def expected_senders(receivers, n_layers: int, n_heads: int, sender_set: str) -> set[tuple[int, int]]:
+    """Each set as the README words it, head by head."""
+    receiver_layers = [layer for layer, _, _ in receivers]
+    receiver_heads = {(layer, head) for layer, head, _ in receivers}
+    heads = {(layer, head) for layer in range(n_layers) for head in range(n_heads)}
+    if sender_set == "below_lowest":
+        return {(layer, head) for layer, head in heads if layer < min(receiver_layers)}
+    if sender_set == "authors":
+        return {(layer, head) for layer, head in heads if layer <= min(receiver_layers)} - receiver_heads
+    return {(layer, head) for layer, head in heads if layer < max(receiver_layers)} - receiver_heads
+
+
+def test_sender_sets_of_receivers_in_two_layers():
+    """Hand-listed: q of 1.1 and 3.2 in a 4-layer, 3-head model."""
+    receivers = [(1, 1, "q"), (3, 2, "q")]
+    assert sender_heads(receivers, 4, 3, "below_lowest") == ((0, 0), (0, 1), (0, 2))
+    assert sender_heads(receivers, 4, 3, "authors") == ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2))
+    assert sender_heads(receivers, 4, 3, "any_path") == (
+        (0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)
+    )  # fmt: skip
+    for sender_set in SENDER_SETS:
+        assert len(sender_heads("logits", 4, 3, sender_set)) == 12
+    with pytest.raises(ValueError, match="sender_set must be one of"):
+        sender_heads(receivers, 4, 3, "everything")
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_senders_in_the_only_receiver_layer_score_exactly_zero(sharp_model, implementation):
+    """A head reads its layer's residual stream before any head of that layer writes to it, so with every receiver
+    in layer 2, the authors' senders in layer 2 change nothing: exactly 0, as the authors' loop computes. A
+    sender's score does not depend on which other heads are senders."""
+    model = sharp_model("3L4H48d", 0)
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 2, corrupt_at=corrupt_early)
+    authors = implementation(model, clean, corrupted, answers, LAST_LAYER_Q, None, progress=False)
+    assert scored_heads(authors) == {(layer, head) for layer in range(3) for head in range(4)} - {(2, 1), (2, 3)}
+    assert torch.equal(authors[2, [0, 2]], torch.zeros(2, dtype=torch.float64))
+    below = implementation(
+        model, clean, corrupted, answers, LAST_LAYER_Q, None, sender_set="below_lowest", progress=False
+    )
+    assert torch.allclose(below[:2], authors[:2], rtol=0, atol=TOLERANCE)
+    assert below[:2].abs().max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_senders_in_the_lowest_of_two_receiver_layers_reach_the_higher_one(sharp_model, implementation):
+    """Receivers in layers 1 and 2: the authors' senders in layer 1 reach the layer-2 receivers and score as much
+    as with the layer-1 receivers left out (their path to those is none); any_path adds the heads of layer 1
+    and scores the rest the same."""
+    model = sharp_model("3L4H48d", 1)
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 3, corrupt_at=corrupt_early)
+    authors = implementation(model, clean, corrupted, answers, TWO_LAYERS, None, progress=False)
+    assert authors[1, [0, 1, 3]].abs().max() > 100 * TOLERANCE
+    upper_only = implementation(
+        model, clean, corrupted, answers, [(2, 0, "k")], None, senders=[(1, 0), (1, 1), (1, 3)], progress=False
+    )
+    assert torch.allclose(authors[1, [0, 1, 3]], upper_only[1, [0, 1, 3]], rtol=0, atol=TOLERANCE)
+    any_path = implementation(model, clean, corrupted, answers, TWO_LAYERS, None, sender_set="any_path", progress=False)
+    assert torch.equal(authors.isnan(), any_path.isnan())  # the highest receiver layer is the lowest + 1 here
+    assert torch.allclose(authors, any_path, rtol=0, atol=TOLERANCE, equal_nan=True)
+
+
+@pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
+def test_batch_mean_is_the_mean_of_each_batchs_pooled_score(sharp_model, implementation):
+    """The authors' averaging against its definition: pooled scores of each batch of 3 prompts (3, 3, 1), averaged
+    with equal weight. With one batch covering every prompt it is the pooled score."""
+    model = sharp_model("3L4H48d", 0)
+    lengths = (9, 7, 11, 8, 10, 12, 7)
+    clean, corrupted, answers, end = make_prompts(model, lengths, 4, corrupt_at=corrupt_early)
+    position = earlier_positions(end)
+    common = dict(sender_set="any_path", progress=False)
+
+    def run(rows, **options):
+        return implementation(
+            model, clean[rows], corrupted[rows], answers[rows], MIXED, position[rows], True, **common, **options
+        )
+
+    batch_mean = run(slice(None), averaging="batch_mean", averaging_batch_size=3)
+    per_batch = [run(slice(start, start + 3), averaging="pooled") for start in (0, 3, 6)]
+    expected = torch.stack(per_batch).mean(dim=0)
+    assert torch.allclose(batch_mean, expected, rtol=0, atol=TOLERANCE, equal_nan=True)
+    pooled = run(slice(None), averaging="pooled")
+    assert (batch_mean - pooled).abs().nan_to_num().max() > 100 * TOLERANCE, "the two averagings differ here"
+    one_batch = run(slice(None), averaging="batch_mean", averaging_batch_size=len(lengths))
+    assert torch.allclose(one_batch, pooled, rtol=0, atol=1e-12, equal_nan=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,20 +291,23 @@ def test_scores_do_not_depend_on_batch_size_or_chunking(sharp_model, case):
     clean, corrupted, answers, end = make_prompts(model, lengths, 3, corrupt_at=corrupt_early)
     position = None if where is None else earlier_positions(end)
 
+    # The score averages batches of 3 prompts (7 = 3 + 3 + 1) whatever batches the prompts are computed in.
+    scoring = dict(averaging="batch_mean", averaging_batch_size=3, progress=False)
+
     def fast(**options):
-        return path_patch(model, clean, corrupted, answers, receivers, position, progress=False, **options)
+        return path_patch(model, clean, corrupted, answers, receivers, position, **scoring, **options)
 
     whole = fast(batch_size=len(lengths))
-    # Batches of uneven size (7 = 3 + 3 + 1), one sender per pass, and both at once.
+    # Batches of uneven size, one sender per pass, and both at once.
     for options in ({"batch_size": 3}, {"batch_size": 1}, {"sender_chunk": 1}, {"batch_size": 2, "sender_chunk": 3}):
         other = fast(**options)
         assert torch.equal(other.isnan(), whole.isnan())
         assert torch.allclose(other, whole, rtol=0, atol=1e-5, equal_nan=True), options
-    # The reference in uneven batches too, on a few senders (it is slow): the same scores.
-    lowest = 3 if receivers == "logits" else min(layer for layer, _, _ in receivers)
-    chosen = [(layer, head) for layer, head in [(0, 1), (0, 3), (1, 2), (2, 0)] if layer < lowest]
+    # The reference in other uneven batches too, on a few of the authors' senders (it is slow): the same scores.
+    eligible = sender_heads(receivers, 3, 4)
+    chosen = [sender for sender in [(0, 1), (0, 3), (1, 2), (2, 1)] if sender in eligible]
     reference = path_patch_reference(
-        model, clean, corrupted, answers, receivers, position, senders=chosen, batch_size=3, progress=False
+        model, clean, corrupted, answers, receivers, position, senders=chosen, batch_size=2, **scoring
     )
     subset = torch.full_like(whole, float("nan"))
     for layer, head in chosen:
@@ -233,9 +342,12 @@ def test_corruption_after_the_patch_position_scores_zero(sharp_model, implementa
     model = sharp_model("3L4H48d", 0)
     clean, corrupted, answers, end = make_prompts(model, LENGTHS, 2, corrupt_at=lambda n: [n - 1])
     position = end - 1
-    scores = implementation(model, clean, corrupted, answers, [(2, 0, "q"), (2, 1, "k")], position, progress=False)
-    assert_nan_from_layer(scores, 2)
-    assert torch.equal(scores[:2], torch.zeros(2, 4, dtype=torch.float64))
+    receivers = [(2, 0, "q"), (1, 1, "k")]
+    scores = implementation(
+        model, clean, corrupted, answers, receivers, position, sender_set="any_path", progress=False
+    )
+    assert scored_heads(scores) == expected_senders(receivers, 3, 4, "any_path")
+    assert (scores[~scores.isnan()] == 0).all()
 
 
 @pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
@@ -245,8 +357,8 @@ def test_last_layer_query_at_an_earlier_position_scores_zero(sharp_model, implem
     model = sharp_model("3L4H48d", 0)
     clean, corrupted, answers, end = make_prompts(model, LENGTHS, 2, corrupt_at=corrupt_early)
     scores = implementation(model, clean, corrupted, answers, LAST_LAYER_Q, end - 1, progress=False)
-    assert_nan_from_layer(scores, 2)
-    assert torch.equal(scores[:2], torch.zeros(2, 4, dtype=torch.float64))
+    assert scored_heads(scores) == expected_senders(LAST_LAYER_Q, 3, 4, "authors")
+    assert (scores[~scores.isnan()] == 0).all()
 
 
 @pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
@@ -360,7 +472,7 @@ def test_good_inputs_of_the_validation_cases_are_accepted(make_model, implementa
     good, cases = _bad_inputs(model)
     assert sorted(name for name, _, _ in cases) == sorted(BAD_INPUT_NAMES)
     scores = implementation(model, **good, progress=False)
-    assert_nan_from_layer(scores, 1)
+    assert scored_heads(scores) == expected_senders(good["receivers"], 2, 4, "authors")
 
 
 @pytest.mark.parametrize("implementation", [path_patch, path_patch_reference])
@@ -374,18 +486,37 @@ def test_bad_inputs_are_refused_with_a_clear_message(make_model, implementation,
 
 
 @pytest.mark.parametrize(
-    ("senders", "message"),
-    [([(1, 0)], r"below the lowest receiver layer \(1\)"), ([(0, 9)], "head must be"), ([(0,)], "each sender")],
+    ("senders", "sender_set", "message"),
+    [
+        ([(1, 0)], "authors", r"sender \(1, 0\) is not in the sender set 'authors'"),
+        ([(1, 1)], "below_lowest", "not in the sender set 'below_lowest' .*layers below the lowest receiver layer"),
+        ([(0, 9)], "authors", r"sender \(0, 9\) is not in"),
+        ([(0,)], "authors", "each sender"),
+        ([(0, 0)], "all", "sender_set must be one of authors, any_path, below_lowest"),
+    ],
 )
-def test_bad_senders_are_refused(make_model, senders, message):
+def test_bad_senders_are_refused(make_model, senders, sender_set, message):
     model = make_model(**SHAPES["2L4H64d"])
     clean, corrupted, answers, _ = make_prompts(model, (6, 6), 0)
     for implementation in (path_patch, path_patch_reference):
         with pytest.raises(ValueError, match=message):
-            implementation(model, clean, corrupted, answers, [(1, 0, "q")], None, senders=senders, progress=False)
+            implementation(
+                model, clean, corrupted, answers, [(1, 0, "q")], None, senders=senders, sender_set=sender_set,
+                progress=False,
+            )  # fmt: skip
 
 
-@pytest.mark.parametrize(("option", "value"), [("batch_size", 0), ("sender_chunk", 0), ("batch_size", 2.5)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("batch_size", 0),
+        ("sender_chunk", 0),
+        ("batch_size", 2.5),
+        ("averaging_batch_size", 0),
+        ("averaging_batch_size", True),
+        ("averaging", "median"),
+    ],
+)
 def test_bad_batching_options_are_refused(make_model, option, value):
     model = make_model(**SHAPES["2L4H64d"])
     clean, corrupted, answers, _ = make_prompts(model, (6, 6), 0)

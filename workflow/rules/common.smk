@@ -76,7 +76,9 @@ NOTEBOOKS_OUT_DIR = "results/notebooks"
 # Circuit discovery: each task's stages, checked once when the workflow is read.
 
 try:  # validation gave every task its stages (the config's, else its registered default)
-    STAGES = {task: parse_stages(task, config["discovery"]["stages"][task]) for task in TASKS}
+    STAGES = {
+        task: parse_stages(task, config["discovery"]["stages"][task], config["discovery"]["senders"]) for task in TASKS
+    }
 except StageError as error:
     raise WorkflowError(f"invalid config:\n  {error}") from None
 STAGE_SPECS = {task: {spec.name: spec for spec in specs} for task, specs in STAGES.items()}

@@ -13,6 +13,8 @@ rule patch_stage:
         n_prompts=config["discovery"]["n_prompts"],
         batch_size=config["discovery"]["batch_size"],
         freeze_mlps=config["discovery"]["freeze_mlps"],
+        averaging=config["discovery"]["averaging"],
+        averaging_batch_size=config["discovery"]["averaging_batch_size"],
         device=config["device"],
     wildcard_constraints:
         stage="[A-Za-z0-9_]+",
