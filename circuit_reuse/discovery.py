@@ -20,7 +20,6 @@ import torch
 from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
-from circuit_reuse.metrics import pair_tokens
 from circuit_reuse.patching import (
     AUTHORS_AVERAGING_BATCH_SIZE,
     DEFAULT_AVERAGING,
@@ -127,7 +126,7 @@ def run_stage(
         model,
         dataset.clean_tokens,
         dataset.corrupted_tokens,
-        logit_difference_pairs(dataset),
+        dataset.metric_tokens,
         receivers,
         dataset.positions[spec.position],
         freeze_mlps=freeze_mlps,
@@ -136,25 +135,10 @@ def run_stage(
         averaging_batch_size=averaging_batch_size,
         batch_size=batch_size,
         progress=progress,
+        metric=dataset.metric,
+        metric_weights=dataset.metric_weights,
     )
     return scores.detach().cpu().double().numpy()
-
-
-def logit_difference_pairs(dataset: TaskDataset) -> torch.Tensor:
-    """The (answer, wrong) pairs [n, 2] that path patching scores, checked to carry the task's own metric.
-
-    circuit_reuse.patching computes the logit difference of two tokens per prompt; a task with any other
-    metric (Greater-Than's probability difference) cannot be path-patched until the metric is passed into it.
-    """
-    metric = dataset.metric
-    tokens, weights = pair_tokens(dataset.answer_tokens)
-    same = dataset.metric_tokens.shape == tokens.shape and torch.equal(dataset.metric_tokens, tokens)
-    if metric.name != "logit_diff" or not same or not torch.equal(dataset.metric_weights, weights):
-        raise StageError(
-            f"path patching scores the logit difference of (answer, wrong); the {dataset.task} task's metric is "
-            f"{metric.name}, which circuit_reuse.patching does not compute yet"
-        )
-    return dataset.answer_tokens
 
 
 def averaging_description(averaging: str, averaging_batch_size: int) -> str:
