@@ -27,7 +27,17 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema; its `tasks` section, each task's `discovery.stages` entry and the tasks an organism
+    may train on come from the task registry."""
+    from circuit_reuse.tasks import registered_tasks
+
+    schema = yaml.safe_load(Path(path).read_text())
+    tasks = registered_tasks()
+    schema["properties"]["tasks"]["properties"] = {name: task.config_schema() for name, task in tasks.items()}
+    stage_list = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/stage"}}
+    schema["properties"]["discovery"]["properties"]["stages"]["properties"] = {name: stage_list for name in tasks}
+    schema["$defs"]["training"]["properties"]["tasks"]["propertyNames"] = {"enum": list(tasks)}
+    return schema
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -89,7 +99,22 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
         lines = config_problems(filled)
     if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
+    _fill_task_stages(filled)
     return _canonical_order(filled)
+
+
+def _fill_task_stages(config: dict[str, Any]) -> None:
+    """Give every configured task without `discovery.stages` its registered default; refuse stages of tasks not run."""
+    from circuit_reuse.tasks import get_task
+
+    stages = config.setdefault("discovery", {}).setdefault("stages", {})
+    extra = sorted(set(stages) - set(config["tasks"]))
+    if extra:
+        raise ConfigError(
+            f"invalid config:\n  discovery.stages: stages for task(s) not under tasks: {', '.join(extra)}"
+        )
+    for task in config["tasks"]:
+        stages.setdefault(task, [dict(stage) for stage in get_task(task).stages])
 
 
 def _canonical_order(value: Any, path: tuple[str, ...] = ()) -> Any:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from circuit_reuse.datasets import ROLES, SPANS
 from circuit_reuse.io import read_json
 from circuit_reuse.models import GPT2_SHAPES, TOKENIZER_ENV, ModelCacheError, resolve_tokenizer_dir
+from circuit_reuse.tasks import get_task, intervention_plan
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd")
 # The schema marks each model key that applies to some sources only with `x-sources`.
@@ -147,25 +147,26 @@ def _role_problems(config: Mapping[str, Any]) -> list[str]:
     problems = []
     stages = config["discovery"]["stages"]
     for task in config["tasks"]:
+        roles = get_task(task).roles
         for i, stage in enumerate(stages.get(task, [])):
-            if stage["position"] not in ROLES[task]:
+            if stage["position"] not in roles:
                 problems.append(
                     f"discovery.stages.{task}[{i}].position: {stage['position']!r} is not a role of {task}; "
-                    f"roles: {', '.join(ROLES[task])}"
+                    f"roles: {', '.join(roles)}"
                 )
-    task = "colored_objects"
-    if not {"ioi", task} <= set(config["tasks"]):
-        return problems  # the intervention runs only with both tasks
+    task, _ = intervention_plan(config["tasks"])
+    if task is None:
+        return problems  # no task of the config is one the intervention runs on
+    roles, spans = get_task(task).roles, get_task(task).spans
     section = config["intervention"]
     named = [("query_role", section["query_role"]), ("answer_role", section["answer_role"])]
     named += [(f"target_roles[{i}]", role) for i, role in enumerate(section["target_roles"])]
     for key, role in named:
-        if role not in ROLES[task]:
-            problems.append(f"intervention.{key}: {role!r} is not a role of {task}; roles: {', '.join(ROLES[task])}")
-    if section["block_span"] not in SPANS[task]:
+        if role not in roles:
+            problems.append(f"intervention.{key}: {role!r} is not a role of {task}; roles: {', '.join(roles)}")
+    if section["block_span"] not in spans:
         problems.append(
-            f"intervention.block_span: {section['block_span']!r} is not a span of {task}; "
-            f"spans: {', '.join(SPANS[task])}"
+            f"intervention.block_span: {section['block_span']!r} is not a span of {task}; spans: {', '.join(spans)}"
         )
     stage_names = [stage["name"] for stage in stages.get(task, [])]
     if section["mover_stage"] not in stage_names:

@@ -28,10 +28,9 @@ from circuit_reuse.patching import (
     path_patch,
     sender_heads,
 )
+from circuit_reuse.tasks import get_task
 
 COMPONENTS = ("q", "k", "v")
-# Where a task's answer candidates sit, for telling content gatherers from inhibition heads.
-CANDIDATE_ROLES = {"ioi": ("IO", "S1", "S2"), "colored_objects": ("color_0", "color_1", "color_2")}
 QUESTION_SPAN = "question"
 
 
@@ -127,7 +126,7 @@ def run_stage(
         model,
         dataset.clean_tokens,
         dataset.corrupted_tokens,
-        dataset.answer_tokens,
+        dataset.metric_tokens,
         receivers,
         dataset.positions[spec.position],
         freeze_mlps=freeze_mlps,
@@ -136,6 +135,8 @@ def run_stage(
         averaging_batch_size=averaging_batch_size,
         batch_size=batch_size,
         progress=progress,
+        metric=dataset.metric,
+        metric_weights=dataset.metric_weights,
     )
     return scores.detach().cpu().double().numpy()
 
@@ -236,7 +237,12 @@ def _evidence(model, dataset: TaskDataset, heads: list[Head], copy: pd.DataFrame
     question_share = candidates_share = {}
     if QUESTION_SPAN in dataset.spans:
         question_share = attention_share(model, dataset.clean_tokens, dataset.end, _span_mask(dataset), heads)
-    candidate_roles = [r for r in CANDIDATE_ROLES.get(dataset.task, ()) if r in dataset.positions]
+    # Where the task's answer candidates sit (its registered candidate roles), for telling content
+    # gatherers from inhibition heads; a registered role the dataset lacks is a malformed dataset.
+    candidate_roles = list(get_task(dataset.task).candidate_roles)
+    missing = [r for r in candidate_roles if r not in dataset.positions]
+    if missing:
+        raise StageError(f"the {dataset.task} dataset lacks its task's candidate role(s) {', '.join(missing)}")
     if candidate_roles:
         mask = torch.zeros_like(dataset.clean_tokens, dtype=torch.bool)
         rows = torch.arange(len(dataset))

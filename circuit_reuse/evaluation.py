@@ -1,19 +1,24 @@
 """Baseline evaluation: how well a model does a task, on clean and on corrupted prompts.
 
 `evaluate` runs the model on every prompt of a TaskDataset and returns one row per prompt and condition;
-`summarize` turns that into one row per condition. Definitions (each at the END position, over the
-whole vocabulary):
+`summarize` turns that into one row per condition. Everything is read at the END position, over the
+whole vocabulary, from the dataset's metric tokens and weights (`circuit_reuse.metrics`): the tokens with
+positive weight answer the clean prompt (IOI: the IO name; Greater-Than: every year after the start
+year), those with negative weight the corrupted one (IOI flip: the S name; Colored Objects: the colour of
+the object the corrupted question asks about).
 
-- `target`: the token that answers THIS prompt. Clean: the dataset's `answer`. Corrupted (the task's
-  default corruption): the corrupted prompt's own answer, which is the dataset's `wrong` (IOI flip: the
-  S name; Colored Objects: the colour of the object the corrupted question asks about).
-- `distractor`: the other one of (answer, wrong).
-- `logit_diff` = logit(answer) - logit(wrong) in BOTH conditions, the metric path patching normalises
-  between: positive on clean prompts and negative on corrupted ones for a model that does the task.
-- `correct`: the argmax over the vocabulary is `target` (accuracy).
-- `prob_target`: softmax probability of `target` (the "answer probability").
-- `beats_distractor`: logit(target) > logit(distractor) (clean: logit_diff > 0; corrupted: < 0).
-- `target_rank`: how many vocabulary tokens have a strictly higher logit than `target` (0 = top).
+- `metric`: the task's metric (named in `metric_name`) in BOTH conditions, the number path patching
+  normalises between: for the logit difference logit(answer) - logit(wrong), for Greater-Than's
+  probability difference P(later years) - P(earlier years). For a model that does the task it is larger on
+  clean than on corrupted prompts (the logit difference turns negative).
+- targets: the condition's own answers, the positive-weight tokens on clean prompts and the
+  negative-weight ones on corrupted prompts; distractors: the others.
+- `correct`: the argmax over the vocabulary is a target (accuracy).
+- `prob_target`: the softmax probability of the targets together (the "answer probability").
+- `logit_target`: the largest logit among the targets; `beats_distractor`: it exceeds every distractor's.
+- `target_rank`: how many vocabulary tokens have a strictly higher logit than the best target (0 = top).
+
+`answer` and `wrong` are the dataset's (answer, wrong) pair, for error analysis.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ SUMMARY_COLUMNS = [
     "task",
     "condition",
     "n",
+    "metric_name",
     "accuracy",
-    "logit_diff_mean",
-    "logit_diff_ci_low",
-    "logit_diff_ci_high",
+    "metric_mean",
+    "metric_ci_low",
+    "metric_ci_high",
     "prob_target_mean",
     "beats_distractor_rate",
 ]
@@ -60,7 +66,14 @@ def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
     d_vocab = getattr(cfg, "d_vocab", None)
     n_ctx = getattr(cfg, "n_ctx", None)
     if d_vocab is not None:
-        top = int(max(dataset.clean_tokens.max(), dataset.corrupted_tokens.max(), dataset.answer_tokens.max()))
+        top = int(
+            max(
+                dataset.clean_tokens.max(),
+                dataset.corrupted_tokens.max(),
+                dataset.answer_tokens.max(),
+                dataset.metric_tokens.max(),
+            )
+        )
         if top >= d_vocab:
             raise DatasetError(f"{dataset.task}: token id {top} is outside the model's vocabulary of {d_vocab}")
     if n_ctx is not None and dataset.clean_tokens.shape[1] > n_ctx:
@@ -107,42 +120,42 @@ def evaluate(
 ) -> pd.DataFrame:
     """Run `model` on every clean and corrupted prompt; one row per prompt and condition (see module doc).
 
-    Columns: task, prompt (index in the dataset), condition, answer, wrong, target, distractor (token ids),
-    logit_answer, logit_wrong, logit_diff, logit_target, prob_target, top_token, top_str, target_rank,
-    correct, beats_distractor, text (the prompt of this condition), and the record's other scalar fields
-    (e.g. IOI template and order, Colored Objects answer_index) for error analysis.
+    Columns: task, prompt (index in the dataset), condition, metric_name, answer, wrong (token ids),
+    metric, logit_target, prob_target, top_token, top_str, target_rank, correct, beats_distractor, text (the
+    prompt of this condition), and the record's other scalar fields (e.g. IOI template and order, Colored
+    Objects answer_index) for error analysis.
     """
     if check:
         check_tokenizer(model, dataset)
-    answer, wrong = dataset.answer_tokens[:, 0], dataset.answer_tokens[:, 1]
+    metric = dataset.metric
+    tokens, weights = dataset.metric_tokens, dataset.metric_weights
     tokenizer = getattr(model, "tokenizer", None)
+    rows = torch.arange(len(dataset))
     frames = []
-    for condition, tokens in (("clean", dataset.clean_tokens), ("corrupted", dataset.corrupted_tokens)):
-        logits = end_logits(model, tokens, dataset.end, batch_size, f"{dataset.task} {condition}", progress)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        target, distractor = (answer, wrong) if condition == "clean" else (wrong, answer)
-        rows = torch.arange(len(dataset))
-        logit_answer, logit_wrong = logits[rows, answer], logits[rows, wrong]
-        logit_target, logit_distractor = logits[rows, target], logits[rows, distractor]
+    for condition, prompts in (("clean", dataset.clean_tokens), ("corrupted", dataset.corrupted_tokens)):
+        logits = end_logits(model, prompts, dataset.end, batch_size, f"{dataset.task} {condition}", progress)
+        probs = torch.softmax(logits, dim=-1)
+        targets = weights > 0 if condition == "clean" else weights < 0
+        distractors = (weights != 0) & ~targets
+        picked = logits.gather(1, tokens)
+        logit_target = picked.masked_fill(~targets, -math.inf).max(dim=1).values
+        logit_distractor = picked.masked_fill(~distractors, -math.inf).max(dim=1).values
         top = logits.argmax(dim=-1)
         frame = pd.DataFrame(
             {
                 "task": dataset.task,
                 "prompt": rows.numpy(),
                 "condition": condition,
-                "answer": answer.numpy(),
-                "wrong": wrong.numpy(),
-                "target": target.numpy(),
-                "distractor": distractor.numpy(),
-                "logit_answer": logit_answer.numpy(),
-                "logit_wrong": logit_wrong.numpy(),
-                "logit_diff": (logit_answer - logit_wrong).numpy(),
+                "metric_name": metric.name,
+                "answer": dataset.answer_tokens[:, 0].numpy(),
+                "wrong": dataset.answer_tokens[:, 1].numpy(),
+                "metric": metric(logits, tokens, weights).numpy(),
                 "logit_target": logit_target.numpy(),
-                "prob_target": log_probs[rows, target].exp().numpy(),
+                "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).numpy(),
                 "top_token": top.numpy(),
                 "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
                 "target_rank": (logits > logit_target[:, None]).sum(dim=-1).numpy(),
-                "correct": (top == target).numpy(),
+                "correct": ((tokens == top[:, None]) & targets).any(dim=1).numpy(),
                 "beats_distractor": (logit_target > logit_distractor).numpy(),
             }
         )
@@ -189,23 +202,25 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per (task, condition) of `evaluate`'s table: the columns of SUMMARY_COLUMNS.
 
-    accuracy = mean `correct`; logit_diff_mean with a percentile bootstrap interval (`level`,
+    accuracy = mean `correct`; metric_mean (the task's metric, named by metric_name) with a percentile
+    bootstrap interval (`level`,
     `n_resamples` resamples of the prompts, seeded); prob_target_mean = mean probability of the
     condition's own answer; beats_distractor_rate = mean `beats_distractor`.
     """
     rows = []
     for (task, condition), group in per_prompt.groupby(["task", "condition"], sort=False):
-        low, high = bootstrap_ci(group["logit_diff"].to_numpy(), n_resamples, level, seed)
+        low, high = bootstrap_ci(group["metric"].to_numpy(), n_resamples, level, seed)
         rows.append(
             {
                 "model": model,
                 "task": task,
                 "condition": condition,
                 "n": len(group),
+                "metric_name": group["metric_name"].iloc[0],
                 "accuracy": float(group["correct"].mean()),
-                "logit_diff_mean": float(group["logit_diff"].mean()),
-                "logit_diff_ci_low": low,
-                "logit_diff_ci_high": high,
+                "metric_mean": float(group["metric"].mean()),
+                "metric_ci_low": low,
+                "metric_ci_high": high,
                 "prob_target_mean": float(group["prob_target"].mean()),
                 "beats_distractor_rate": float(group["beats_distractor"].mean()),
             }

@@ -1,6 +1,7 @@
 """Circuit faithfulness: how much of a task's metric a circuit keeps when every other head is ablated.
 
-For a circuit C, a dataset and the task's metric m (per prompt, at END):
+For a circuit C, a dataset and its task's metric m (per prompt, at END: `TaskDataset.metric`, the logit
+difference or Greater-Than's probability difference):
 
 - m(M): the model as it is; m(empty): every head ablated; m(C): every head outside C ablated
   (`circuit_reuse.ablation` says how: mean, resample or zero);
@@ -18,7 +19,7 @@ circuit's heads are kept while the other task's prompts, metric and reference di
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,6 @@ from circuit_reuse.ablation import (
 from circuit_reuse.datasets import TaskDataset
 
 Head = tuple[int, int]
-Metric = Callable[[torch.Tensor, TaskDataset], torch.Tensor]
 CURVE_PERCENTS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 PROMPT_COLUMNS = ["circuit", "n_heads", "ablation", "prompt", "metric_circuit", "metric_model", "metric_empty", "f"]
 SUMMARY_COLUMNS = [
@@ -50,11 +50,9 @@ class FaithfulnessError(ValueError):
     """A faithfulness run was asked for with inputs that do not define it."""
 
 
-def logit_difference(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
-    """logit(answer) - logit(wrong) per prompt, the metric of two-token tasks."""
-    answers = batch.answer_tokens.to(logits_at_end.device)
-    rows = torch.arange(len(batch), device=logits_at_end.device)
-    return logits_at_end[rows, answers[:, 0]] - logits_at_end[rows, answers[:, 1]]
+def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
+    """The dataset's own metric of each prompt from its logits at END."""
+    return batch.metric(logits_at_end, batch.metric_tokens, batch.metric_weights)
 
 
 @torch.no_grad()
@@ -64,7 +62,6 @@ def faithfulness_per_prompt(
     circuits: Mapping[str, Iterable[Head]],
     ablation: str,
     corruption: str | None,
-    metric: Metric = logit_difference,
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
@@ -94,7 +91,7 @@ def faithfulness_per_prompt(
         measured: dict[frozenset[Head], torch.Tensor] = {}  # circuits of equal heads (top 1% and 2%) run once
         for heads in [frozenset(every_head), frozenset(), *kept.values()]:
             if heads not in measured:
-                measured[heads] = _measure(model, batch, heads, replacement, metric)
+                measured[heads] = _measure(model, batch, heads, replacement)
         full, empty = measured[frozenset(every_head)], measured[frozenset()]
         for name, heads in kept.items():
             value = measured[heads]
@@ -115,8 +112,8 @@ def faithfulness_per_prompt(
     return pd.concat(parts, ignore_index=True)[PROMPT_COLUMNS]
 
 
-def _measure(model, batch: TaskDataset, keep, replacement: torch.Tensor, metric: Metric) -> torch.Tensor:
-    return metric(ablated_end_logits(model, batch.clean_tokens, batch.end, keep, replacement), batch)
+def _measure(model, batch: TaskDataset, keep, replacement: torch.Tensor) -> torch.Tensor:
+    return task_metric(ablated_end_logits(model, batch.clean_tokens, batch.end, keep, replacement), batch)
 
 
 def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
@@ -241,7 +238,6 @@ def faithfulness_experiment(
     importance: np.ndarray,
     settings: FaithfulnessSettings,
     corruption: str | None,
-    metric: Metric = logit_difference,
     progress: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Every faithfulness number of one model on one task's prompts, as tidy tables.
@@ -279,7 +275,7 @@ def faithfulness_experiment(
     prompts = pd.concat(
         [
             faithfulness_per_prompt(
-                model, dataset, named, ablation, corruption, metric, settings.batch_size, settings.seed, progress
+                model, dataset, named, ablation, corruption, settings.batch_size, settings.seed, progress
             )
             for ablation in settings.ablations
         ],

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from circuit_reuse.datasets import END, TaskDataset
+from circuit_reuse.tasks import intervention_plan, registered_tasks
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable]
@@ -54,15 +55,6 @@ PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
     "inhibition": ("inhibition",),
     "negative_mover": ("negative_mover",),
     "both": ("inhibition", "negative_mover"),
-}
-
-# Where `auto` head sets come from: (task whose circuit is read, "role" or "stage", which one). The
-# movers' stage name is a setting (`mover_stage`); the entry here is its default.
-AUTO_SOURCES: dict[str, tuple[str, str, str]] = {
-    "inhibition": ("ioi", "role", "inhibition"),
-    "negative_mover": ("ioi", "role", "negative_mover"),
-    "content_gatherers": ("colored_objects", "role", "content_gatherer"),
-    "movers": ("colored_objects", "stage", "movers"),
 }
 
 
@@ -338,7 +330,7 @@ def _evaluate(
                         "wrong_token": answers[:, 1].cpu().numpy(),
                         "predicted_token": predicted.cpu().numpy(),
                         "correct": (predicted == answers[:, 0]).cpu().numpy(),
-                        "logit_diff": (final[rows, answers[:, 0]] - final[rows, answers[:, 1]]).cpu().numpy(),
+                        "metric": batch.metric(final, batch.metric_tokens, batch.metric_weights).cpu().numpy(),
                         "answer_prob": log_probs[rows, answers[:, 0]].exp().cpu().numpy(),
                     }
                 )
@@ -370,8 +362,14 @@ def _readout_hooks(layer: int, heads: list[int], rows, end, seen: dict) -> list[
 def _head_rows(batch, condition, prompts, layers, roles, seen, weights) -> pd.DataFrame:
     gamma, w_u = weights["gamma"], weights["W_U"]
     answers = batch.answer_tokens.to(w_u.device)
-    # Each prompt's logit-difference direction through the final LayerNorm's weight (see head_logit_attribution).
-    direction = gamma[None, :] * (w_u[:, answers[:, 0]] - w_u[:, answers[:, 1]]).T  # [batch, d_model]
+    if not batch.metric.linear:
+        raise InterventionError(
+            f"direct logit attribution needs a metric linear in the logits, not {batch.metric.name}"
+        )
+    # Each prompt's metric direction (sum of weight x unembedding column) through the final LayerNorm's
+    # weight (see head_logit_attribution): for the logit difference W_U[:, answer] - W_U[:, wrong].
+    tokens, token_weights = batch.metric_tokens.to(w_u.device), batch.metric_weights.to(w_u.device, w_u.dtype)
+    direction = gamma[None, :] * torch.einsum("dbk,bk->bd", w_u[:, tokens], token_weights)  # [batch, d_model]
     answer_direction = gamma[None, :] * w_u[:, answers[:, 0]].T
     parts = []
     for layer, hs in layers.items():
@@ -413,8 +411,8 @@ def run_conditions(
     """One row per condition and prompt: the prediction at END under that condition's attention edits.
 
     Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
-    over the whole vocabulary), correct (predicted == answer), logit_diff (logit(answer) - logit(wrong)),
-    answer_prob (softmax probability of the answer).
+    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
+    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer).
     """
     return _evaluate(model, dataset, conditions, batch_size, (), (), progress)[0]
 
@@ -491,7 +489,7 @@ def accuracy_table(
 ) -> pd.DataFrame:
     """One row per condition: accuracy with a percentile-bootstrap interval, and the change from `baseline`.
 
-    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_logit_diff, mean_answer_prob, fixed
+    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_metric (the task's metric), mean_answer_prob, fixed
     (wrong under the baseline, right here), introduced (right under the baseline, wrong here),
     delta_accuracy (= (fixed - introduced) / n_prompts), delta_ci_low, delta_ci_high (paired bootstrap),
     n_boot, boot_seed. Without a baseline condition the change columns are NaN.
@@ -502,7 +500,7 @@ def accuracy_table(
     tail = (1 - level) / 2 * 100
     has_base = baseline in order
     base = order.index(baseline) if has_base else None
-    means = per_prompt.groupby("condition")[["logit_diff", "answer_prob"]].mean()
+    means = per_prompt.groupby("condition")[["metric", "answer_prob"]].mean()
     rows = []
     for i, name in enumerate(order):
         row = {
@@ -511,7 +509,7 @@ def accuracy_table(
             "accuracy": correct[i].mean(),
             "ci_low": np.percentile(draws[i], tail) if n_boot else np.nan,
             "ci_high": np.percentile(draws[i], 100 - tail) if n_boot else np.nan,
-            "mean_logit_diff": means.loc[name, "logit_diff"],
+            "mean_metric": means.loc[name, "metric"],
             "mean_answer_prob": means.loc[name, "answer_prob"],
         }
         if has_base:
@@ -588,7 +586,7 @@ def random_head_controls(
 ) -> pd.DataFrame:
     """The condition's edits on random heads (see `random_head_sets`), one row per repeat.
 
-    Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_logit_diff,
+    Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_metric,
     mean_answer_prob, and, given the baseline's per-prompt correctness, fixed and introduced.
     """
     sets = random_head_sets(
@@ -610,7 +608,7 @@ def random_head_controls(
             "layer_min": chosen[0][0],
             "layer_max": max(layer for layer, _ in chosen),
             "accuracy": correct.mean(),
-            "mean_logit_diff": table["logit_diff"].mean(),
+            "mean_metric": table["metric"].mean(),
             "mean_answer_prob": table["answer_prob"].mean(),
             "fixed": np.nan,
             "introduced": np.nan,
@@ -781,9 +779,11 @@ def resolve_head_sets(
     """Every head set (inhibition, negative_mover, content_gatherers, movers) from config or circuits.
 
     `spec[name]` is a list of [layer, head] pairs, or "auto" (also when missing): then the heads come from
-    the circuit of AUTO_SOURCES[name] (`circuits[task]`, a circuit JSON). An empty auto set is kept, with
-    a note saying where nothing was found, so the experiment can run what it can.
+    the circuit of the task that declares the set in its `intervention_heads` (`circuits[task]`, a circuit
+    JSON; circuit_reuse.tasks). The movers' stage is the setting `mover_stage`. An empty auto set is kept,
+    with a note saying where nothing was found, so the experiment can run what it can.
     """
+    _, auto_sources = intervention_plan(registered_tasks())
     sets = {}
     for name in HEAD_SETS:
         value = spec.get(name, "auto")
@@ -792,7 +792,7 @@ def resolve_head_sets(
             if not sets[name].heads:
                 sets[name].note = "the config lists no heads"
             continue
-        task, kind, key = AUTO_SOURCES[name]
+        task, kind, key = auto_sources[name]
         if kind == "stage":
             key = mover_stage
         source = f"circuit:{task}:{kind}={key}"
@@ -933,11 +933,11 @@ def plan_conditions(sets: Mapping[str, HeadSet], settings: InterventionSettings)
 
 ACCURACY_COLUMNS = [
     "condition", "kind", "sets", "heads", "n_heads", "status", "note", "n_prompts", "accuracy", "ci_low",
-    "ci_high", "mean_logit_diff", "mean_answer_prob", "fixed", "introduced", "delta_accuracy", "delta_ci_low",
+    "ci_high", "mean_metric", "mean_answer_prob", "fixed", "introduced", "delta_accuracy", "delta_ci_low",
     "delta_ci_high", "n_boot", "boot_seed",
 ]  # fmt: skip
 CONTROL_COLUMNS = [
-    "condition", "repeat", "seed", "heads", "n_heads", "layer_min", "layer_max", "accuracy", "mean_logit_diff",
+    "condition", "repeat", "seed", "heads", "n_heads", "layer_min", "layer_max", "accuracy", "mean_metric",
     "mean_answer_prob", "fixed", "introduced",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [

@@ -1,5 +1,6 @@
-"""How much two circuits share: intersection over union, each one's share in the other, a role-aligned
-table, threshold sensitivity and a chance baseline.
+"""How much circuits share: intersection over union, each one's share in the other, a role-aligned
+table, threshold sensitivity and a chance baseline, for two circuits or for every pair of a model's tasks
+(`pairwise_overlap`, `pairwise_heads`, `pairwise_sensitivity`).
 
 The paper's headline (25 of 32 heads shared in GPT-2 medium, 78%) is an intersection over union of the
 two circuits' head sets; both directions of containment are reported beside it, because a small circuit
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from circuit_reuse.circuits import Circuit, Head, select_heads
+
+TOP_LOGIT_HEADS = 10  # the paper's appendix compares the top-10 heads of the logits stage in GPT-2 large and XL
 
 Stage = tuple[int, int]  # (number of heads a stage selects, the layer they must lie below)
 
@@ -204,3 +207,79 @@ def importance_difference(grids_a: Mapping[str, np.ndarray], grids_b: Mapping[st
     Positive: the head matters more to task a; negative: more to task b; near 0: equally (or not at all).
     """
     return normalised_importance(grids_a) - normalised_importance(grids_b)
+
+
+def task_pairs(circuits: Sequence[Circuit]) -> list[tuple[Circuit, Circuit]]:
+    """Every unordered pair of circuits, in the given (config) order: (0, 1), (0, 2), ..., (1, 2), ..."""
+    return [(a, b) for i, a in enumerate(circuits) for b in circuits[i + 1 :]]
+
+
+def logits_stage(circuit: Circuit) -> str:
+    """The name of a circuit's first stage whose receivers are the logits."""
+    names = [stage.name for stage in circuit.stages if stage.receivers == "logits"]
+    if not names:
+        raise ValueError(f"circuit {circuit.model}/{circuit.task} has no logits stage")
+    return names[0]
+
+
+def top_heads_shared(grid_a: np.ndarray, grid_b: np.ndarray, count: int = TOP_LOGIT_HEADS) -> int:
+    """How many of the `count` heads with the largest |score| in one grid are among those of the other."""
+    n_heads = grid_a.size
+    top_a = set(select_heads(grid_a, top_percent=100 * count / n_heads)[:count])
+    top_b = set(select_heads(grid_b, top_percent=100 * count / n_heads)[:count])
+    return len(top_a & top_b)
+
+
+def pairwise_overlap(
+    circuits: Sequence[Circuit],
+    grids: Mapping[str, Mapping[str, np.ndarray]],
+    repeats: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per pair of tasks: `circuit_overlap` (IoU, both shares, chance baseline, p-value) and
+    `top10_logits_shared`, the heads shared by the two tasks' top-10 heads of their logits stage.
+
+    `grids[task][stage]` are each task's stage score grids.
+    """
+    rows = []
+    for a, b in task_pairs(circuits):
+        row = circuit_overlap(a, b, repeats=repeats, seed=seed)
+        row["top10_logits_shared"] = top_heads_shared(grids[a.task][logits_stage(a)], grids[b.task][logits_stage(b)])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pairwise_heads(circuits: Sequence[Circuit]) -> pd.DataFrame:
+    """`role_aligned_table` of every pair, stacked, with the pair in columns task_a and task_b."""
+    tables = []
+    for a, b in task_pairs(circuits):
+        table = role_aligned_table(a, b)
+        table.insert(0, "task_b", b.task)
+        table.insert(0, "task_a", a.task)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def pairwise_sensitivity(
+    circuits: Sequence[Circuit],
+    grids: Mapping[str, Mapping[str, np.ndarray]],
+    top_percents: Sequence[float],
+    repeats: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`threshold_sensitivity` of every pair, stacked, with the pair in columns task_a and task_b."""
+    tables = []
+    for a, b in task_pairs(circuits):
+        table = threshold_sensitivity(
+            grids[a.task],
+            grids[b.task],
+            top_percents,
+            limits_a={s.name: s.below_layer for s in a.stages},
+            limits_b={s.name: s.below_layer for s in b.stages},
+            repeats=repeats,
+            seed=seed,
+        )
+        table.insert(0, "task_b", b.task)
+        table.insert(0, "task_a", a.task)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

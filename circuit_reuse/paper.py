@@ -7,8 +7,11 @@ differences in logits, the overlap's IoU as a fraction and head counts in heads.
 `compare_to_paper(headline_rows(baselines, overlap, ...), models)`.
 
 A run's model is matched to a paper model by its config spec: a `hub_id` (pretrained weights) or an
-`architecture` (random or local weights of that shape) equal to "gpt2" or "gpt2-medium". Any other model has
-no paper value. A matched model with random weights is a stand-in: its numbers say nothing about the paper.
+`architecture` (random or local weights of that shape) equal to "gpt2", "gpt2-medium", "gpt2-large" or
+"gpt2-xl". Any other model has no paper value. Overlap numbers are per pair of tasks
+(`circuit_reuse.replicates.overlap_metric`); each row's source names the paper model it was reported for,
+and says so where the paper leaves that unclear. A matched model with random weights is a stand-in: its
+numbers say nothing about the paper.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PAPER_MODELS = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium"}
+PAPER_MODELS = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
 PAPER_COLUMNS = ["model", "family", "metric", "value", "unit", "source"]
 COMPARISON_COLUMNS = [
     "model", "paper_model", "weights", "family", "metric", "unit", "run", "paper", "gap", "source",
@@ -29,7 +32,7 @@ FAMILIES = ("baseline", "overlap", "faithfulness", "intervention", "movers")
 UNIT_SCALE = {"%": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0}
 
 _ROWS = [
-    ("gpt2-small", "baseline", "ioi.logit_diff_mean", 3.56, "logits",
+    ("gpt2-small", "baseline", "ioi.metric_mean", 3.56, "logits",
      "Wang et al. (2022), cited in Sec. 2: mean IO-S logit difference over 100k IOI prompts"),
     ("gpt2-small", "baseline", "ioi.beats_distractor_rate", 99.3, "%",
      "Wang et al. (2022): IO logit above S logit"),
@@ -39,10 +42,24 @@ _ROWS = [
      "Wang et al. (2022): the IOI circuit keeps 87% of the logit difference (mean ablation over ABC prompts)"),
     ("gpt2-medium", "baseline", "colored_objects.accuracy", 49.6, "%",
      "Sec. 5 (intervention): Colored Objects accuracy without intervention"),
-    ("gpt2-medium", "overlap", "iou", 25 / 32, "fraction",
-     "Sec. 4: 25 of the 32 heads in the union of the IOI and Colored Objects circuits"),
-    ("gpt2-medium", "overlap", "shared", 25.0, "heads",
-     "Sec. 4: heads in both circuits"),
+    ("gpt2-medium", "overlap", "ioi-colored_objects.iou", 25 / 32, "fraction",
+     "Sec. 4, GPT-2 medium: 25 of the 32 heads in the union of the IOI and Colored Objects circuits"),
+    ("gpt2-medium", "overlap", "ioi-colored_objects.shared", 25.0, "heads",
+     "Sec. 4, GPT-2 medium: heads in both circuits"),
+    ("gpt2-medium", "overlap", "ioi-greater_than.iou", 3 / 18, "fraction",
+     "Appendix (control tasks): 3 of 18 heads shared by IOI and Greater-Than (16.7%); the model is not stated "
+     "beside the number (unclear), taken as GPT-2 medium, the model of the main comparison"),
+    ("gpt2-medium", "overlap", "ioi-greater_than.shared", 3.0, "heads",
+     "Appendix (control tasks): 3 heads shared by IOI and Greater-Than; model unclear, taken as GPT-2 medium"),
+    ("gpt2-medium", "overlap", "ioi-world_capitals.iou", 0.25, "fraction",
+     "Appendix (control tasks): IOI and World Capitals share 25%; the model is not stated beside the number "
+     "(unclear), taken as GPT-2 medium, the model of the main comparison"),
+    ("gpt2-large", "overlap", "ioi-colored_objects.top10_logits_shared", 5.0, "heads",
+     "Appendix (larger models), GPT-2 large: 5 of the top-10 heads of the logits stage shared by IOI and "
+     "Colored Objects"),
+    ("gpt2-xl", "overlap", "ioi-colored_objects.top10_logits_shared", 0.0, "heads",
+     "Appendix (larger models), GPT-2 XL: 0 of the top-10 heads of the logits stage shared by IOI and "
+     "Colored Objects"),
     ("gpt2-medium", "intervention", "none.accuracy", 49.6, "%",
      "Sec. 5, intervention figure: no intervention"),
     ("gpt2-medium", "intervention", "inhibition.accuracy", 81.5, "%",
@@ -65,8 +82,8 @@ PAPER_NUMBERS = pd.DataFrame(_ROWS, columns=PAPER_COLUMNS)
 
 
 def paper_model(spec: Mapping[str, Any]) -> str | None:
-    """The paper model a run's model stands for ("gpt2-small" or "gpt2-medium"), or None: its `hub_id`, else
-    its `architecture`, must be "gpt2" or "gpt2-medium"."""
+    """The paper model a run's model stands for ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"), or
+    None: its `hub_id`, else its `architecture`, must be one of PAPER_MODELS."""
     for key in ("hub_id", "architecture"):
         name = spec.get(key)
         if name is not None:

@@ -6,7 +6,8 @@ For a sender head s, receivers R and a patch position p (per prompt):
     output at p at its clean value (and every MLP output at p when `freeze_mlps`), and record what the
     receivers see at p: the q, k or v vector of each receiver head, or the final residual stream ("logits");
 (b) run the clean input again with only the receivers' activations at p replaced by the recorded ones, and
-    read the logit difference LD = logit(correct) - logit(wrong) at each prompt's last real token;
+    read the metric LD at each prompt's last real token: the logit difference logit(correct) - logit(wrong),
+    or any metric of `circuit_reuse.metrics` (`metric=`, e.g. Greater-Than's probability difference);
 (c) score(s) = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), every LD a mean over prompts: over all
     prompts at once ("pooled"), or over consecutive batches of prompts with the score the mean of the batches'
     scores ("batch_mean", the authors' averaging, with batches of 25).
@@ -48,12 +49,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from circuit_reuse.metrics import LogitDifference, Metric, pair_tokens
+
 LOGITS = "logits"
 COMPONENTS = ("q", "k", "v")
 DEFAULT_BATCH_SIZE = 32
 # Rows (senders + 1) x prompts x recomputed positions per pass of the fast path. The largest activation is
 # rows x d_mlp floats (0.5 GiB for GPT-2 medium in float32), so memory stays bounded whatever N is.
 DEFAULT_ROW_BUDGET = 1 << 15
+# Sender rows of full-vocabulary logits formed at once for a metric that needs them: LOGIT_ROWS x prompts
+# rows of d_vocab floats (40 MB for 25 GPT-2 prompts).
+LOGIT_ROWS = 8
 
 Receiver = tuple[int, int, str]
 Sender = tuple[int, int]
@@ -83,7 +89,9 @@ class PatchJob:
 
     clean: torch.Tensor  # [n, seq]
     corrupted: torch.Tensor  # [n, seq]
-    answers: torch.Tensor  # [n, 2] (correct, wrong)
+    answers: torch.Tensor  # [n, k] the metric's tokens per prompt ((correct, wrong) for the logit difference)
+    weights: torch.Tensor  # [n, k] each token's weight in the metric
+    metric: Metric
     position: torch.Tensor  # [n] patch position
     end: torch.Tensor  # [n] last real token, where the logit difference is read
     receivers: tuple[Receiver, ...] | None  # None: the final residual stream ("logits")
@@ -114,6 +122,8 @@ class PatchJob:
                     clean=self.clean[rows],
                     corrupted=self.corrupted[rows],
                     answers=self.answers[rows],
+                    weights=self.weights[rows],
+                    metric=self.metric,
                     position=self.position[rows],
                     end=self.end[rows],
                     receivers=self.receivers,
@@ -152,8 +162,15 @@ def prepare_job(
     senders: Sequence[Sender] | None = None,
     end_positions=None,
     sender_set: str = DEFAULT_SENDER_SET,
+    metric: Metric | None = None,
+    metric_weights=None,
 ) -> PatchJob:
-    """Check every input and bring it into one canonical form; raise ValueError saying what is wrong."""
+    """Check every input and bring it into one canonical form; raise ValueError saying what is wrong.
+
+    Without `metric`, `answer_tokens` are (correct, wrong) pairs [n, 2] and the metric is their logit
+    difference; with it, `answer_tokens` are the metric's tokens [n, k] and `metric_weights` [n, k] their
+    weights (`circuit_reuse.metrics`).
+    """
     cfg = model.cfg
     n_layers, n_heads, d_vocab = cfg.n_layers, cfg.n_heads, cfg.d_vocab
     clean = _check_tokens("clean_tokens", clean_tokens, d_vocab)
@@ -167,10 +184,18 @@ def prepare_job(
     if seq > cfg.n_ctx:
         raise ValueError(f"prompts have {seq} tokens but the model's context holds {cfg.n_ctx}")
     answers = _check_int_tensor("answer_tokens", answer_tokens)
-    if answers.shape != (n, 2):
-        raise ValueError(
-            f"answer_tokens must have shape [batch, 2] = ({n}, 2) (correct, wrong); got {tuple(answers.shape)}"
-        )
+    if metric is None:
+        if answers.shape != (n, 2):
+            raise ValueError(
+                f"answer_tokens must have shape [batch, 2] = ({n}, 2) (correct, wrong); got {tuple(answers.shape)}"
+            )
+        metric, (answers, weights) = LogitDifference(), pair_tokens(answers)
+    else:
+        weights = torch.as_tensor(metric_weights, dtype=torch.float32) if metric_weights is not None else None
+        if answers.ndim != 2 or answers.shape[0] != n or weights is None or weights.shape != answers.shape:
+            raise ValueError(
+                f"with a metric, answer_tokens and metric_weights must both have shape [batch, k] with batch = {n}"
+            )
     if answers.min() < 0 or answers.max() >= d_vocab:
         raise ValueError(f"answer_tokens must be token ids in [0, {d_vocab})")
     if not isinstance(freeze_mlps, bool):
@@ -216,6 +241,8 @@ def prepare_job(
         clean=clean.to(device),
         corrupted=corrupted.to(device),
         answers=answers.to(device),
+        weights=weights.to(device),
+        metric=metric,
         position=position.to(device),
         end=end.to(device),
         receivers=receiver_tuple,
@@ -378,9 +405,9 @@ class PromptEffects:
         return grid
 
 
-def logit_difference(logits_at_end: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """logit(correct) - logit(wrong) per prompt, from logits [batch, d_vocab] at each prompt's last token."""
-    return logits_at_end.gather(1, answers[:, :1]).squeeze(1) - logits_at_end.gather(1, answers[:, 1:]).squeeze(1)
+def job_metric(job: PatchJob, logits_at_end: torch.Tensor) -> torch.Tensor:
+    """The job's metric per prompt, from logits [batch, d_vocab] at each prompt's last token."""
+    return job.metric(logits_at_end, job.answers, job.weights)
 
 
 def _progress(job: PatchJob, batch_size: int, progress: bool, desc: str) -> tqdm:
@@ -449,6 +476,8 @@ def path_patch_reference(
     averaging_batch_size: int = AUTHORS_AVERAGING_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     end_positions=None,
+    metric: Metric | None = None,
+    metric_weights=None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Path patching exactly as the recipe reads: two full forward passes of the bridge per sender per batch.
@@ -470,6 +499,8 @@ def path_patch_reference(
         senders,
         end_positions,
         sender_set,
+        metric,
+        metric_weights,
     )
     effects = PromptEffects(job.n_prompts, job.senders)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching (reference)") as bar:
@@ -493,8 +524,8 @@ def _reference_batch(model, job: PatchJob, prompts: slice, effects: PromptEffect
     ]
     clean_logits, clean = _run_storing(model, job.clean, wanted)
     corrupt_logits, corrupt = _run_storing(model, job.corrupted, wanted)
-    ld_clean = logit_difference(clean_logits[rows, end], job.answers)
-    ld_corrupt = logit_difference(corrupt_logits[rows, end], job.answers)
+    ld_clean = job_metric(job, clean_logits[rows, end])
+    ld_corrupt = job_metric(job, corrupt_logits[rows, end])
     effects.add_baselines(prompts, ld_clean, ld_corrupt)
     del clean_logits, corrupt_logits
 
@@ -572,7 +603,7 @@ def _reference_receiver_run(model, job, recorded, rows) -> torch.Tensor:
 
     hooks = [(name, patch(name, heads)) for name, heads in _receiver_hook_names(job).items()]
     logits = model.run_with_hooks(job.clean, fwd_hooks=hooks)
-    return logit_difference(logits[rows, job.end], job.answers)
+    return job_metric(job, logits[rows, job.end])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -758,14 +789,23 @@ def run_window(
     return resid
 
 
-def logit_difference_from_residual(weights: GPT2Weights, final_resid: torch.Tensor, answers: torch.Tensor):
-    """LD per row from the final residual stream [..., B, d] at each prompt's last token; answers [B, 2]."""
+def metric_from_residual(weights: GPT2Weights, job: PatchJob, final_resid: torch.Tensor) -> torch.Tensor:
+    """The job's metric per row from the final residual stream [..., B, d] at each prompt's last token.
+
+    A metric linear in the logits (the logit difference) needs only its tokens' unembedding columns: the
+    weighted sum of W_U[:, token] is one direction per prompt. Any other (the probability difference) needs
+    the whole vocabulary's logits, computed for LOGIT_ROWS rows at a time to bound memory.
+    """
     x = layer_norm(final_resid, weights.lnf_w, weights.lnf_b, weights.eps)
     W_U, b_U = weights.model.W_U, weights.model.b_U
-    # Only two columns of the unembedding matter per prompt.
-    direction = (W_U[:, answers[:, 0]] - W_U[:, answers[:, 1]]).T  # [B, d]
-    bias = b_U[answers[:, 0]] - b_U[answers[:, 1]]
-    return (x * direction).sum(-1) + bias
+    if job.metric.linear:
+        token_weights = job.weights.to(W_U.dtype)
+        direction = torch.einsum("dbk,bk->bd", W_U[:, job.answers], token_weights)  # [B, d]
+        bias = (b_U[job.answers] * token_weights).sum(-1)
+        return (x * direction).sum(-1) + bias
+    flat = x.reshape(-1, x.shape[-2], x.shape[-1])  # [R, B, d]
+    values = [job.metric(rows @ W_U + b_U, job.answers, job.weights) for rows in flat.split(LOGIT_ROWS)]
+    return torch.cat(values).reshape(x.shape[:-1])
 
 
 @dataclass
@@ -810,8 +850,8 @@ def forward_capturing(
     [B, W, H, d_head] of every layer for the W = T - start computed positions and keeps what it needs. With
     start > 0, `prefix_kv[layer]` holds the keys and values [B, start, H, d_head] of the positions before: a
     run whose tokens agree with another's up to `start` reuses that run's (causal attention makes them equal).
-    Unlike the bridge this computes no logits (the logit difference needs two unembedding columns at one
-    position) and keeps no activations it is not asked for.
+    Unlike the bridge this computes no logits (the metric is read from the final residual stream at one
+    position, `metric_from_residual`) and keeps no activations it is not asked for.
     """
     B, T = tokens.shape
     H, dh, d = weights.n_heads, weights.d_head, weights.d_model
@@ -898,14 +938,14 @@ def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
 
     clean, corrupt = {}, {}
     clean_final = forward_capturing(weights, job.clean, keep_clean(clean))
-    ld_clean = logit_difference_from_residual(weights, clean_final[rows, job.end], job.answers)
+    ld_clean = metric_from_residual(weights, job, clean_final[rows, job.end])
     shared_kv = (
         {layer: (clean["shared", "k", layer], clean["shared", "v", layer]) for layer in range(job.n_layers)}
         if shared
         else None
     )
     corrupt_final = forward_capturing(weights, job.corrupted, keep_corrupt(corrupt), shared, shared_kv)
-    ld_corrupt = logit_difference_from_residual(weights, corrupt_final[rows, job.end - shared], job.answers)
+    ld_corrupt = metric_from_residual(weights, job, corrupt_final[rows, job.end - shared])
     del corrupt_final, shared_kv
     # Causal attention: a prompt corrupted only after p has the clean z at p. Exactly, whatever the rounding of
     # the two runs, so such senders score exactly 0 as in the reference.
@@ -977,14 +1017,14 @@ def _receivers_by_layer(job: PatchJob) -> dict[int, list[tuple[int, str]]]:
     return by_layer
 
 
-def patched_logit_difference(weights: GPT2Weights, job: PatchJob, cache: CleanCache, recorded) -> torch.Tensor:
+def patched_metric(weights: GPT2Weights, job: PatchJob, cache: CleanCache, recorded) -> torch.Tensor:
     """Step (b): LD [1 + S, B] with only the receivers' activations at p replaced by the recorded ones."""
     if job.to_logits:
-        return logit_difference_from_residual(weights, recorded, job.answers)
+        return metric_from_residual(weights, job, recorded)
     # Nothing below the lowest receiver layer changes, nor anything before p: run positions p..END from there.
     final = run_window(weights, job.lowest_receiver_layer, cache.window, cache.prefix_kv, cache.prefix_mask, recorded)
     rows = torch.arange(job.n_prompts, device=final.device)
-    return logit_difference_from_residual(weights, final[:, rows, cache.end_in_window], job.answers)
+    return metric_from_residual(weights, job, final[:, rows, cache.end_in_window])
 
 
 def path_patch(
@@ -1003,12 +1043,16 @@ def path_patch(
     batch_size: int = DEFAULT_BATCH_SIZE,
     sender_chunk: int | None = None,
     end_positions=None,
+    metric: Metric | None = None,
+    metric_weights=None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Path-patching scores of every sender head for the given receivers; float64 [n_layers, n_heads] on the CPU.
 
     clean_tokens, corrupted_tokens: LongTensor [batch, seq], right-padded where lengths differ.
-    answer_tokens: LongTensor [batch, 2], (correct, wrong).
+    answer_tokens: LongTensor [batch, 2], (correct, wrong), scored by their logit difference; or, with `metric`
+    (`circuit_reuse.metrics`), the metric's tokens [batch, k] with `metric_weights` [batch, k] (Greater-Than's
+    probability difference: every year ending, +1 after the start year and -1 up to it).
     receivers: "logits" (the final residual stream) or a list of (layer, head, component), component q, k or v.
     position: int, LongTensor [batch] or None (each prompt's last real token): where the path is patched.
     freeze_mlps: also hold every MLP output at the patch position at its clean value in step (a).
@@ -1036,6 +1080,8 @@ def path_patch(
         senders,
         end_positions,
         sender_set,
+        metric,
+        metric_weights,
     )
     weights = GPT2Weights(model)
     effects = PromptEffects(job.n_prompts, job.senders)
@@ -1047,7 +1093,7 @@ def path_patch(
             for start in range(0, len(batch.senders), chunk):
                 group = batch.senders[start : start + chunk]
                 recorded = receivers_after_sender_patch(weights, batch, cache, group)
-                ld = patched_logit_difference(weights, batch, cache, recorded)
+                ld = patched_metric(weights, batch, cache, recorded)
                 effects.add_senders(prompts, group, ld[1:] - ld[:1])
                 bar.update(len(group))
     return effects.scores(job.n_layers, job.n_heads, averaging, averaging_batch_size)

@@ -41,8 +41,8 @@ def replicate_config(config: Mapping[str, Any], offset: int, model_cache: str | 
     return derived
 
 
-BASELINE_METRICS = ("accuracy", "logit_diff_mean", "beats_distractor_rate", "prob_target_mean")
-OVERLAP_METRICS = ("iou", "shared", "share_of_a_in_b", "share_of_b_in_a", "p_value")
+BASELINE_METRICS = ("accuracy", "metric_mean", "beats_distractor_rate", "prob_target_mean")
+OVERLAP_METRICS = ("iou", "shared", "share_of_a_in_b", "share_of_b_in_a", "p_value", "top10_logits_shared")
 INTERVENTION_METRICS = ("accuracy", "delta_accuracy", "fixed", "introduced")
 
 
@@ -59,13 +59,21 @@ def _baseline_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def overlap_metric(task_a: str, task_b: str, metric: str) -> str:
+    """The headline name of one pair's overlap number, e.g. "ioi-colored_objects.iou"."""
+    return f"{task_a}-{task_b}.{metric}"
+
+
 def _overlap_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for record in table.to_dict("records"):
         for metric in OVERLAP_METRICS:
-            rows.append(
-                {"model": record["model"], "family": "overlap", "metric": metric, "value": float(record[metric])}
-            )
+            if metric in record:
+                rows.append(
+                    {"model": record["model"], "family": "overlap",
+                     "metric": overlap_metric(record["task_a"], record["task_b"], metric),
+                     "value": float(record[metric])}
+                )  # fmt: skip
     return rows
 
 
@@ -129,11 +137,12 @@ def headline_rows(
     faithfulness: Iterable[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
-    task (`baselines`, the workflow's baselines table), the overlap of the two circuits (one overlap summary
-    per model), the intervention's accuracy per condition that ran (one accuracy table per model), the
-    random-head controls' mean accuracy (`controls`: controls_summary tables), the movers' Spearman rho
-    of their logit-attribution change against importance (`spearman`: movers_spearman tables) and each
-    task's own circuit's faithfulness under mean ablation (`faithfulness`: faithfulness summary tables)."""
+    task (`baselines`, the workflow's baselines table), the overlap of every pair of circuits (one overlap
+    summary per model, one row per pair; metrics named by `overlap_metric`), the intervention's accuracy
+    per condition that ran (one accuracy table per model), the random-head controls' mean accuracy
+    (`controls`: controls_summary tables), the movers' Spearman rho of their logit-attribution change
+    against importance (`spearman`: movers_spearman tables) and each task's own circuit's faithfulness
+    under mean ablation (`faithfulness`: faithfulness summary tables)."""
     rows = [] if baselines is None else _baseline_rows(baselines)
     for tables, build in ((overlap, _overlap_rows), (intervention, _intervention_rows), (controls, _control_rows),
                           (spearman, _spearman_rows), (faithfulness, _faithfulness_rows)):  # fmt: skip

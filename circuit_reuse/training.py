@@ -40,8 +40,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from circuit_reuse.datasets import END, TASKS, DatasetError, generate_records, pad_tokens
+from circuit_reuse.datasets import END, DatasetError, generate_records, pad_tokens
+from circuit_reuse.tasks import registered_tasks
 
+# The built-in tasks, in registry order: each (seed, task) owns a block of training seeds by this index.
+TASKS = tuple(registered_tasks())
 # Dataset seeds in the config stay below this; every training prompt comes from a seed at or above it.
 TRAINING_SEED_BASE = 2**40
 # Prompts per generator call while building a pool: each chunk has its own seed, so a longer pool keeps

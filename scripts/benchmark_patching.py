@@ -4,7 +4,9 @@ A seeded random model with GPT-2 medium's shape (24 layers x 16 heads, d_model 1
 stand-in, whose shape is checked against the real gpt2-medium config) runs N Colored Objects prompts (62 real
 tokens each, the library's generator with the real tokenizer). For three stages (the logits; the queries of
 three late mover heads at END; the keys and values of the paper's inhibition heads at the question's object)
-it times the reference on a fixed sample of senders and the
+and a fourth on N Greater-Than prompts scored by their probability difference (the logits stage, where the
+fast path must form every sender's full-vocabulary logits), it times the reference on a fixed sample of
+senders and the
 fast implementation on every sender of the stage, on the same inputs, and prints a table: seconds per sender,
 their ratio, the largest score difference on the sampled senders, peak memory, and the time the paper's whole
 workload would take with each implementation.
@@ -41,11 +43,13 @@ MOVER_QUERIES = [(15, 14, "q"), (16, 15, "q"), (17, 4, "q")]
 # k and v receivers for the key/value stage: the paper's inhibition heads, at the question's object, as in the
 # Colored Objects stage that finds induction and duplicate-token heads.
 INHIBITION_KEYS_VALUES = [(layer, head, part) for layer, head in ((12, 3), (13, 4), (13, 13)) for part in "kv"]
-# stage -> (receivers, the dataset role patched, the name printed)
+# stage -> (receivers, the dataset role patched, the name printed, the task whose prompts and metric it uses)
 STAGES = {
-    "logits": ("logits", "END", "logits (END)"),
-    "query": (MOVER_QUERIES, "END", "q of 15.14 16.15 17.4"),
-    "keyvalue": (INHIBITION_KEYS_VALUES, "question_object", "k,v of 12.3 13.4 13.13 @obj"),
+    "logits": ("logits", "END", "logits (END)", "colored_objects"),
+    "query": (MOVER_QUERIES, "END", "q of 15.14 16.15 17.4", "colored_objects"),
+    "keyvalue": (INHIBITION_KEYS_VALUES, "question_object", "k,v of 12.3 13.4 13.13 @obj", "colored_objects"),
+    # Greater-Than's probability difference needs every sender's full-vocabulary logits at END.
+    "probdiff": ("logits", "END", "logits, prob. diff (GT)", "greater_than"),
 }
 
 # The paper's workload, for the extrapolation: per model (name, n_layers, n_heads, d_model) and task, each stage
@@ -98,7 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default=None, help="where to cache the random model (default: a temp dir)")
     parser.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer directory ($CIRCUIT_REUSE_TOKENIZER)")
     parser.add_argument("--seed", type=int, default=42, help="dataset seed (the paper's Colored Objects seed)")
-    parser.add_argument("--stages", default="logits,query,keyvalue", help="comma-separated: logits, query, keyvalue")
+    parser.add_argument(
+        "--stages", default="logits,query,keyvalue,probdiff", help="comma-separated: logits, query, keyvalue, probdiff"
+    )
     parser.add_argument(
         "--sender-set", default=patching.DEFAULT_SENDER_SET, choices=list(patching.SENDER_SETS), help="default authors"
     )
@@ -183,8 +189,15 @@ def run_stage(model, dataset, receivers, role: str, args) -> dict:
     sampled = sample_senders(all_senders, args.reference_senders)
     batch_size = args.batch_size or len(dataset)
     position = None if receivers == "logits" else dataset.positions[role]
-    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.answer_tokens, receivers, position)
-    common = {"batch_size": batch_size, "sender_set": args.sender_set, "end_positions": dataset.end, "progress": False}
+    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.metric_tokens, receivers, position)
+    common = {
+        "batch_size": batch_size,
+        "sender_set": args.sender_set,
+        "end_positions": dataset.end,
+        "progress": False,
+        "metric": dataset.metric,
+        "metric_weights": dataset.metric_weights,
+    }
 
     reset_peak_memory(args.device)
     synchronize(args.device)
@@ -269,25 +282,29 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="benchmark-patching-") as tmp:
         model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / "model"
         model = build_model(model_dir, tokenizer_dir, args.device)
-        dataset = make_dataset("colored_objects", args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
+        datasets = {
+            task: make_dataset(task, args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
+            for task in dict.fromkeys(STAGES[stage][3] for stage in stages)
+        }
         device = patching._model_device(model)
-        lengths = sorted({int(e) + 1 for e in dataset.end})
         print(
             f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
             f"d_model {model.cfg.d_model}), {shape_note}"
         )
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-        print(
-            f"prompts: {len(dataset)} Colored Objects (seed {args.seed}), {lengths} tokens; "
-            f"batch size {args.batch_size or len(dataset)}; sender set {args.sender_set!r}"
-        )
+        for task, prompts in datasets.items():
+            lengths = sorted({int(e) + 1 for e in prompts.end})
+            print(
+                f"prompts: {len(prompts)} {task} (seed {args.seed}), {lengths} tokens, metric {prompts.metric.name}; "
+                f"batch size {args.batch_size or len(prompts)}; sender set {args.sender_set!r}"
+            )
         with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
-            model(dataset.clean_tokens[:2].to(device))
+            model(next(iter(datasets.values())).clean_tokens[:2].to(device))
 
         results = {}
         for stage in stages:
-            receivers, role, _ = STAGES[stage]
-            results[stage] = run_stage(model, dataset, receivers, role, args)
+            receivers, role, _, task = STAGES[stage]
+            results[stage] = run_stage(model, datasets[task], receivers, role, args)
 
     print()
     header = (
@@ -320,7 +337,9 @@ def main(argv=None) -> int:
 
     if {"logits", "query"} <= set(results):
         per_sender_prompt = {
-            implementation: {kind: results[kind][f"{implementation}_per_sender"] / len(dataset) for kind in results}
+            implementation: {
+                kind: results[kind][f"{implementation}_per_sender"] / len(datasets[STAGES[kind][3]]) for kind in results
+            }
             for implementation in ("reference", "fast")
         }
         print()

@@ -9,6 +9,7 @@ from circuit_reuse.faithfulness import FaithfulnessSettings, faithfulness_experi
 from circuit_reuse.io import read_parquet, write_parquet
 from circuit_reuse.models import load_model
 from circuit_reuse.overlap import normalised_importance
+from circuit_reuse.tasks import get_task
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
@@ -18,7 +19,11 @@ with model_job(job):
     settings = FaithfulnessSettings.from_config(section)
     model = load_model(Path(job.input.model).parent, device=job.params.device)
     dataset = load_dataset(job.input.dataset)
-    corruption = section["reference_corruption"].get(task, dataset.meta.get("default_corruption"))
+    corruption = (
+        section["reference_corruption"].get(task)
+        or get_task(task).ablation_reference
+        or dataset.meta.get("default_corruption")
+    )
     circuits = {circuit.task: sorted(circuit.heads()) for circuit in map(load_circuit, job.input.circuits)}
     grids = {path: grid_from_table(read_parquet(path)) for path in job.input.scores}
     importance = normalised_importance(grids)

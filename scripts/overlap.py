@@ -1,11 +1,9 @@
-"""Snakemake job: compare one model's two circuits (IoU, shares, roles, chance baseline, sensitivity)."""
-
-import pandas as pd
+"""Snakemake job: compare every pair of one model's circuits (IoU, shares, roles, chance baseline, sensitivity)."""
 
 from circuit_reuse.circuits import load_circuit
 from circuit_reuse.discovery import grid_from_table
 from circuit_reuse.io import read_parquet, write_parquet
-from circuit_reuse.overlap import circuit_overlap, role_aligned_table, threshold_sensitivity
+from circuit_reuse.overlap import pairwise_heads, pairwise_overlap, pairwise_sensitivity
 from circuit_reuse.workflow import workflow_job
 
 
@@ -17,25 +15,26 @@ def stage_grids(paths):
 job = snakemake  # noqa: F821 (snakemake injects this object)
 with workflow_job(job):
     settings = job.params.overlap
-    a, b = (load_circuit(path) for path in job.input.circuits)
-    summary = circuit_overlap(a, b, repeats=settings["chance_repeats"], seed=settings["seed"])
-    print(
-        f"{a.model}: {summary['shared']} of {summary['union']} heads shared (IoU {summary['iou']:.2f}); "
-        f"chance {summary['chance_iou_mean']:.2f} [{summary['chance_iou_low']:.2f}, {summary['chance_iou_high']:.2f}], "
-        f"p = {summary['p_value']:.4f}"
-    )
-    write_parquet(job.output.summary, pd.DataFrame([summary]), config=settings)
-    heads = role_aligned_table(a, b)
-    heads.insert(0, "model", a.model)
+    circuits = [load_circuit(path) for path in job.input.circuits]
+    grids = {circuit.task: stage_grids(job.input[f"grids_{circuit.task}"]) for circuit in circuits}
+    model = circuits[0].model
+    summary = pairwise_overlap(circuits, grids, repeats=settings["chance_repeats"], seed=settings["seed"])
+    for row in summary.itertuples():
+        print(
+            f"{model} {row.task_a} vs {row.task_b}: {row.shared} of {row.union} heads shared (IoU {row.iou:.2f}); "
+            f"chance {row.chance_iou_mean:.2f} [{row.chance_iou_low:.2f}, {row.chance_iou_high:.2f}], "
+            f"p = {row.p_value:.4f}; top-10 logits heads shared: {row.top10_logits_shared}"
+        )
+    write_parquet(job.output.summary, summary, config=settings)
+    heads = pairwise_heads(circuits)
+    heads.insert(0, "model", model)
     write_parquet(job.output.heads, heads, config=settings)
-    sensitivity = threshold_sensitivity(
-        stage_grids(job.input.grids_a),
-        stage_grids(job.input.grids_b),
+    sensitivity = pairwise_sensitivity(
+        circuits,
+        grids,
         settings["top_percents"],
-        limits_a={s.name: s.below_layer for s in a.stages},
-        limits_b={s.name: s.below_layer for s in b.stages},
         repeats=max(100, settings["chance_repeats"] // 10),
         seed=settings["seed"],
     )
-    sensitivity.insert(0, "model", a.model)
+    sensitivity.insert(0, "model", model)
     write_parquet(job.output.sensitivity, sensitivity, config=settings)

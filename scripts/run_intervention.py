@@ -1,4 +1,4 @@
-"""Snakemake job: the attention-pattern intervention on Colored Objects for one model, as tidy tables."""
+"""Snakemake job: the attention-pattern intervention for one model, on its target task's prompts, as tidy tables."""
 
 from pathlib import Path
 
@@ -14,7 +14,7 @@ with model_job(job):
     settings = InterventionSettings.from_config(section)
     model = load_model(Path(job.input.model).parent, device=job.params.device)
     dataset = load_dataset(job.input.dataset)
-    circuits = {"ioi": read_json(job.input.ioi_circuit), "colored_objects": read_json(job.input.co_circuit)}
+    circuits = {task: read_json(path) for task, path in zip(job.params.circuit_tasks, job.input.circuits, strict=True)}
     sets = resolve_head_sets(
         section["heads"],
         circuits,

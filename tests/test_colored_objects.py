@@ -211,3 +211,34 @@ def test_user_vocabulary(tok):
         for j in range(3):
             assert tok.decode([r["clean_tokens"][r["positions"][f"object_{j}"]]]) == " " + r["objects"][j]
     assert any(", an orange " in r["clean_text"] or "there are an orange" in r["clean_text"] for r in records)
+
+
+def test_paper_source_reads_the_papers_prompts_with_every_role(tokenizer_dir):
+    from circuit_reuse.datasets.colored_objects import read_paper_pairs
+
+    dataset = make_dataset("colored_objects", 1000, 0, tokenizer_dir, source="paper")
+    clean, corrupted = read_paper_pairs("clean"), read_paper_pairs("corrupted")
+    assert dataset.clean_tokens.shape == (1000, 62) and dataset.meta["seed"] == 42
+    assert [r["clean_text"] for r in dataset.records] == [prompt for prompt, _ in clean]
+    assert [r["corrupted_text"] for r in dataset.records] == [prompt for prompt, _ in corrupted]
+    assert [r["answer_str"] for r in dataset.records] == [answer for _, answer in clean]
+    assert [r["wrong_str"] for r in dataset.records] == [answer for _, answer in corrupted]
+    for role, position in (("color_0", 41), ("color_1", 45), ("color_2", 50), ("example_answer", 30), ("END", 61)):
+        assert set(dataset.positions[role].tolist()) == {position}, role
+    first = make_dataset("colored_objects", 5, 0, tokenizer_dir, source="paper")
+    assert first.records == dataset.records[:5]
+
+
+def test_paper_source_refuses_vocabularies_and_changed_files(tokenizer_dir, tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match="leave colors unset"):
+        make_dataset("colored_objects", 5, 0, tokenizer_dir, source="paper", colors=list(colored_objects.COLORS))
+    with pytest.raises(DatasetError, match="has 1000 prompts; 1001"):
+        make_dataset("colored_objects", 1001, 0, tokenizer_dir, source="paper")
+    for name, _ in colored_objects.PAPER_FILES.values():
+        (tmp_path / name).write_bytes((colored_objects.PAPER_DATA / name).read_bytes())
+    (tmp_path / "cobjs_data_42.json").write_text(
+        (tmp_path / "cobjs_data_42.json").read_text().replace("Blue", "Red", 1)
+    )
+    monkeypatch.setattr(colored_objects, "PAPER_DATA", tmp_path)
+    with pytest.raises(DatasetError, match="sha256 differs"):
+        make_dataset("colored_objects", 5, 0, tokenizer_dir, source="paper")

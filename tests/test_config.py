@@ -21,10 +21,11 @@ def test_shipped_configs_are_valid(path):
     assert config["models"] and config["tasks"]
 
 
-def test_paper_config_runs_gpt2_small_and_medium_on_both_tasks():
+def test_paper_config_runs_gpt2_small_and_medium_on_the_paper_tasks_and_the_controls():
     config = load_config(REPO / "config.yaml")
     assert {m["hub_id"] for m in config["models"].values()} == {"gpt2", "gpt2-medium"}
-    assert set(config["tasks"]) == {"ioi", "colored_objects"}
+    assert list(config["tasks"]) == ["ioi", "colored_objects", "greater_than", "world_capitals"]
+    assert config["tasks"]["colored_objects"]["source"] == "paper"
 
 
 def test_defaults_are_filled_in(paper_config):
@@ -45,8 +46,8 @@ def _reversed_keys(value):
 def test_reordered_keys_give_the_same_config_but_models_and_tasks_keep_their_order(paper_config):
     reordered = _reversed_keys(paper_config)
     original, shuffled = validate_config(paper_config), validate_config(reordered)
-    assert list(original["tasks"]) == ["ioi", "colored_objects"]
-    assert list(shuffled["tasks"]) == ["colored_objects", "ioi"]
+    assert list(original["tasks"]) == ["ioi", "colored_objects", "greater_than", "world_capitals"]
+    assert list(shuffled["tasks"]) == ["world_capitals", "greater_than", "colored_objects", "ioi"]
     assert list(shuffled["models"]) == list(reversed(list(original["models"])))
     # Inside each model and task, and everywhere else, key order no longer depends on the file.
     assert repr(shuffled["models"]["gpt2-small"]) == repr(original["models"]["gpt2-small"])

@@ -34,7 +34,9 @@ def test_task_and_evaluation_defaults(paper_config):
 def test_every_task_and_evaluation_key_is_described():
     schema = load_schema()
     defs = schema["$defs"]
-    sections = [defs["ioi_task"], defs["colored_objects_task"], schema["properties"]["evaluation"]]
+    tasks = schema["properties"]["tasks"]["properties"]
+    assert set(tasks) >= {"ioi", "colored_objects"}, "the registry fills in every task's section"
+    sections = [*tasks.values(), schema["properties"]["evaluation"]]
     for section in sections:
         for key, node in section["properties"].items():
             if "$ref" in node:

@@ -42,8 +42,9 @@ def test_matches_a_plain_forward_of_each_prompt(task, tables, datasets, hf_model
             answer, wrong = record["answer"], record["wrong"]
             target, distractor = (answer, wrong) if condition == "clean" else (wrong, answer)
             row = rows.loc[i]
-            assert row["target"] == target and row["distractor"] == distractor
-            assert row["logit_diff"] == pytest.approx(float(logits[answer] - logits[wrong]), abs=1e-4)
+            assert row["metric_name"] == "logit_diff"
+            assert row["metric"] == pytest.approx(float(logits[answer] - logits[wrong]), abs=1e-4)
+            assert row["logit_target"] == pytest.approx(float(logits[target]), abs=1e-4)
             assert row["prob_target"] == pytest.approx(float(torch.softmax(logits, -1)[target]), rel=1e-3)
             assert row["top_token"] == int(logits.argmax())
             assert row["correct"] == (int(logits.argmax()) == target)
@@ -54,7 +55,7 @@ def test_matches_a_plain_forward_of_each_prompt(task, tables, datasets, hf_model
 
 def test_batching_does_not_change_the_numbers(tiny_model, datasets, tables):
     again = evaluate(tiny_model, datasets["ioi"], batch_size=11, progress=False)
-    np.testing.assert_allclose(again["logit_diff"], tables["ioi"]["logit_diff"], atol=1e-5)
+    np.testing.assert_allclose(again["metric"], tables["ioi"]["metric"], atol=1e-5)
     assert (again["top_token"] == tables["ioi"]["top_token"]).all()
 
 
@@ -63,9 +64,8 @@ def test_per_prompt_table_keeps_what_error_analysis_needs(tables):
     assert {"template", "order", "io", "s", "answer_str", "text"} <= set(ioi.columns)
     assert {"answer_index", "corrupted_answer_index", "answer_str", "wrong_str"} <= set(co.columns)
     clean, corrupted = ioi[ioi["condition"] == "clean"], ioi[ioi["condition"] == "corrupted"]
-    assert (clean["beats_distractor"] == (clean["logit_diff"] > 0)).all()
-    assert (corrupted["beats_distractor"] == (corrupted["logit_diff"] < 0)).all()
-    assert (corrupted["target"].to_numpy() == clean["wrong"].to_numpy()).all()
+    assert (clean["beats_distractor"] == (clean["metric"] > 0)).all()
+    assert (corrupted["beats_distractor"] == (corrupted["metric"] < 0)).all()
 
 
 def test_summary_is_one_tidy_row_per_condition(tables):
@@ -77,10 +77,11 @@ def test_summary_is_one_tidy_row_per_condition(tables):
         group = table[(table["task"] == row["task"]) & (table["condition"] == row["condition"])]
         assert row["model"] == "tiny" and row["n"] == 11
         assert row["accuracy"] == pytest.approx(group["correct"].mean())
-        assert row["logit_diff_mean"] == pytest.approx(group["logit_diff"].mean())
+        assert row["metric_name"] == "logit_diff"
+        assert row["metric_mean"] == pytest.approx(group["metric"].mean())
         assert row["prob_target_mean"] == pytest.approx(group["prob_target"].mean())
         assert row["beats_distractor_rate"] == pytest.approx(group["beats_distractor"].mean())
-        assert row["logit_diff_ci_low"] <= row["logit_diff_mean"] <= row["logit_diff_ci_high"]
+        assert row["metric_ci_low"] <= row["metric_mean"] <= row["metric_ci_high"]
     assert summary.equals(summarize(table, model="tiny", n_resamples=500, seed=1))
 
 

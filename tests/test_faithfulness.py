@@ -22,7 +22,6 @@ from circuit_reuse.faithfulness import (
     curve_areas,
     faithfulness_experiment,
     faithfulness_per_prompt,
-    logit_difference,
     random_circuits,
     summarize,
     top_k_circuits,
@@ -88,7 +87,7 @@ def test_keeping_every_head_leaves_the_metric_unchanged(model, ioi):
     table = faithfulness_per_prompt(model, ioi, {"all": every}, "mean", "abc", progress=False)
     width = int(ioi.end.max()) + 1
     logits = model(ioi.clean_tokens[:, :width])[torch.arange(len(ioi)), ioi.end].double()
-    plain = logit_difference(logits, ioi).numpy()
+    plain = ioi.metric(logits, ioi.metric_tokens, ioi.metric_weights).numpy()
     np.testing.assert_allclose(table["metric_circuit"], plain, atol=1e-5)
     np.testing.assert_allclose(table["metric_model"], plain, atol=1e-5)
 

@@ -280,7 +280,7 @@ def _table(conditions: dict[str, list[int]]) -> pd.DataFrame:
     for name, correct in conditions.items():
         for prompt, c in enumerate(correct):
             rows.append(
-                {"condition": name, "prompt": prompt, "correct": bool(c), "logit_diff": float(c), "answer_prob": 0.1}
+                {"condition": name, "prompt": prompt, "correct": bool(c), "metric": float(c), "answer_prob": 0.1}
             )
     return pd.DataFrame(rows)
 
@@ -296,7 +296,7 @@ def test_accuracy_fixed_and_introduced_prompt_by_prompt():
     assert table.loc["x", "ci_low"] == table.loc["x", "ci_high"] == 0
     for name in ("none", "both"):
         assert table.loc[name, "ci_low"] <= table.loc[name, "accuracy"] <= table.loc[name, "ci_high"]
-    assert table.loc["both", "mean_logit_diff"] == pytest.approx(0.75)
+    assert table.loc["both", "mean_metric"] == pytest.approx(0.75)
     assert list(table.index) == ["none", "both", "x"] and (table["n_boot"] == 2000).all()
 
     changes = prompt_changes(per_prompt)

@@ -132,3 +132,51 @@ def test_importance_difference_on_a_hand_made_pair():
     np.testing.assert_array_equal(normalised_importance({"s": np.zeros((2, 2)), "t": np.full((2, 2), nan)}), 0)
     with pytest.raises(ValueError):
         normalised_importance({"s": np.zeros((2, 2)), "t": np.zeros((3, 2))})
+
+
+def test_every_pair_of_four_hand_made_circuits():
+    from circuit_reuse.overlap import pairwise_heads, pairwise_overlap, pairwise_sensitivity
+
+    heads = {
+        "t1": [(0, 0), (0, 1), (1, 0), (1, 1)],
+        "t2": [(0, 0), (0, 1), (2, 2)],
+        "t3": [(3, 3)],
+        "t4": [(0, 0), (1, 1), (3, 3), (2, 0)],
+    }
+    circuits = [_circuit(task, [(l, h, "movers", 1.0, "mover") for l, h in hs]) for task, hs in heads.items()]
+    grids = {}
+    for task, hs in heads.items():
+        grid = np.zeros((4, 4))
+        for rank, (l, h) in enumerate(hs):
+            grid[l, h] = 10.0 - rank  # the circuit's heads lead; ten more tie at 0 and go by (layer, head)
+        grids[task] = {"movers": grid}
+    summary = pairwise_overlap(circuits, grids, repeats=200, seed=0).set_index(["task_a", "task_b"])
+    assert list(summary.index) == [("t1", "t2"), ("t1", "t3"), ("t1", "t4"), ("t2", "t3"), ("t2", "t4"), ("t3", "t4")]
+    expected = {  # (shared, union, share of a in b, share of b in a), counted by hand
+        ("t1", "t2"): (2, 5, 2 / 4, 2 / 3),
+        ("t1", "t3"): (0, 5, 0, 0),
+        ("t1", "t4"): (2, 6, 2 / 4, 2 / 4),
+        ("t2", "t3"): (0, 4, 0, 0),
+        ("t2", "t4"): (1, 6, 1 / 3, 1 / 4),
+        ("t3", "t4"): (1, 4, 1, 1 / 4),
+    }
+    for pair, (shared, union, a_in_b, b_in_a) in expected.items():
+        row = summary.loc[pair]
+        assert (row["shared"], row["union"]) == (shared, union), pair
+        assert row["iou"] == pytest.approx(shared / union)
+        assert (row["share_of_a_in_b"], row["share_of_b_in_a"]) == (pytest.approx(a_in_b), pytest.approx(b_in_a))
+        assert row["chance_iou_low"] <= row["chance_iou_mean"] <= row["chance_iou_high"]
+        assert 0 < row["p_value"] <= 1
+    # Top 10 of 16 heads: the circuit's heads, then the zero-score heads in (layer, head) order.
+    assert summary.loc[("t1", "t2"), "top10_logits_shared"] == len(
+        {(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 0), (2, 1)}
+        & {(0, 0), (0, 1), (2, 2), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0)}
+    )
+    aligned = pairwise_heads(circuits)
+    assert len(aligned) == sum(int(u) for _, u, _, _ in expected.values())
+    t3_t4 = aligned[(aligned["task_a"] == "t3") & (aligned["task_b"] == "t4")].set_index("name")["membership"]
+    assert t3_t4.to_dict() == {"0.0": "t4 only", "1.1": "t4 only", "2.0": "t4 only", "3.3": "shared"}
+    sweep = pairwise_sensitivity(circuits, grids, [6.25, 25], repeats=100)
+    assert len(sweep) == 12 and set(zip(sweep["task_a"], sweep["task_b"], strict=True)) == set(expected)
+    one_head = sweep[sweep["top_percent"] == 6.25].set_index(["task_a", "task_b"])["shared"]
+    assert one_head.to_dict() == {pair: int(heads[pair[0]][0] == heads[pair[1]][0]) for pair in expected}

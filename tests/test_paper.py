@@ -14,9 +14,9 @@ SMALL_HUB = {"source": "hub", "hub_id": "gpt2", "revision": "main"}
 OTHER = {"source": "local", "path": "/models/pythia"}
 
 
-def _overlap(model, iou, shared=1):
-    return pd.DataFrame([{"model": model, "iou": iou, "shared": shared, "share_of_a_in_b": 0.5,
-                          "share_of_b_in_a": 0.5, "p_value": 0.1}])  # fmt: skip
+def _overlap(model, iou, shared=1, pair=("ioi", "colored_objects")):
+    return pd.DataFrame([{"model": model, "task_a": pair[0], "task_b": pair[1], "iou": iou, "shared": shared,
+                          "share_of_a_in_b": 0.5, "share_of_b_in_a": 0.5, "p_value": 0.1}])  # fmt: skip
 
 
 def _accuracy(model, rows):
@@ -28,7 +28,7 @@ def _accuracy(model, rows):
 
 def _baselines(model, task, logit_diff, accuracy):
     return pd.DataFrame(
-        [{"model": model, "task": task, "condition": cond, "accuracy": accuracy, "logit_diff_mean": ld,
+        [{"model": model, "task": task, "condition": cond, "accuracy": accuracy, "metric_mean": ld,
           "beats_distractor_rate": 0.5, "prob_target_mean": 0.25} for cond, ld in (("clean", logit_diff),
                                                                                  ("corrupted", -9.0))]
     )  # fmt: skip
@@ -36,26 +36,35 @@ def _baselines(model, task, logit_diff, accuracy):
 
 def test_paper_numbers_hold_the_headline_values():
     table = PAPER_NUMBERS.set_index(["model", "metric"])["value"]
-    assert table[("gpt2-medium", "iou")] == pytest.approx(0.78125)
+    assert table[("gpt2-medium", "ioi-colored_objects.iou")] == pytest.approx(0.78125)
+    assert table[("gpt2-medium", "ioi-greater_than.iou")] == pytest.approx(3 / 18)
+    assert table[("gpt2-medium", "ioi-world_capitals.iou")] == 0.25
+    assert table[("gpt2-large", "ioi-colored_objects.top10_logits_shared")] == 5
+    assert table[("gpt2-xl", "ioi-colored_objects.top10_logits_shared")] == 0
     assert table[("gpt2-medium", "both.accuracy")] == 93.7
     assert table[("gpt2-medium", "none.accuracy")] == 49.6
-    assert table[("gpt2-small", "ioi.logit_diff_mean")] == 3.56
+    assert table[("gpt2-small", "ioi.metric_mean")] == 3.56
     assert not PAPER_NUMBERS.duplicated(["model", "metric"]).any()
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [(MEDIUM_RANDOM, "gpt2-medium"), (SMALL_HUB, "gpt2-small"), ({"source": "hub", "hub_id": "gpt2-large"}, None),
+    [(MEDIUM_RANDOM, "gpt2-medium"), (SMALL_HUB, "gpt2-small"),
+     ({"source": "hub", "hub_id": "gpt2-large"}, "gpt2-large"), ({"source": "hub", "hub_id": "distilgpt2"}, None),
      ({"source": "random", "architecture": "gpt2"}, "gpt2-small"), (OTHER, None)],
 )  # fmt: skip
 def test_models_match_the_paper_by_hub_id_or_architecture(spec, expected):
     assert paper_model(spec) == expected
 
 
-def test_overlap_gap_in_the_papers_unit():
-    table = compare_to_paper(headline_rows(overlap=[_overlap("m", 0.5)]), {"m": MEDIUM_RANDOM})
-    row = table.set_index("metric").loc["iou"]
+def test_overlap_gap_in_the_papers_unit_per_pair():
+    overlap = pd.concat([_overlap("m", 0.5), _overlap("m", 0.1, pair=("ioi", "greater_than"))])
+    table = compare_to_paper(headline_rows(overlap=[overlap]), {"m": MEDIUM_RANDOM})
+    row = table.set_index("metric").loc["ioi-colored_objects.iou"]
     assert (row["run"], row["paper"], row["gap"]) == (0.5, 0.78125, -0.28125)
+    control = table.set_index("metric").loc["ioi-greater_than.iou"]
+    assert (control["run"], control["gap"]) == (0.1, pytest.approx(0.1 - 3 / 18))
+    assert "GPT-2 medium" in control["source"] and "unclear" in control["source"]
     assert row["paper_model"] == "gpt2-medium" and row["weights"] == "random"
     # metrics the run did not measure are kept, with no run value and no gap
     assert math.isnan(table.set_index("metric").loc["both.accuracy", "gap"])
@@ -75,20 +84,20 @@ def test_small_gets_the_ioi_baseline_and_an_unmatched_model_no_paper_value():
     table = compare_to_paper(headline_rows(baselines), {"s": SMALL_HUB, "x": OTHER})
     small = table[table["model"] == "s"].set_index("metric")
     assert set(small.index) == {
-        "ioi.logit_diff_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean", "ioi.faithfulness"
+        "ioi.metric_mean", "ioi.beats_distractor_rate", "ioi.prob_target_mean", "ioi.faithfulness"
     }  # fmt: skip
     assert np.isnan(small.loc["ioi.faithfulness", "run"])  # no faithfulness table given
-    assert small.loc["ioi.logit_diff_mean", "gap"] == pytest.approx(3.0 - 3.56)
+    assert small.loc["ioi.metric_mean", "gap"] == pytest.approx(3.0 - 3.56)
     assert small.loc["ioi.beats_distractor_rate", "run"] == pytest.approx(50.0)
     other = table[table["model"] == "x"].set_index("metric")
     assert other["paper"].isna().all() and other["gap"].isna().all()
-    assert other.loc["ioi.logit_diff_mean", "run"] == 1.0
+    assert other.loc["ioi.metric_mean", "run"] == 1.0
     assert set(other.index) == set(PAPER_NUMBERS["metric"])
 
 
 def test_compare_to_paper_is_deterministic_and_ordered_by_family():
     headline = pd.DataFrame(
-        [{"model": "m", "family": "overlap", "metric": "iou", "value": 0.25}],
+        [{"model": "m", "family": "overlap", "metric": "ioi-colored_objects.iou", "value": 0.25}],
         columns=["model", "family", "metric", "value"],
     )
     first = compare_to_paper(headline, {"m": MEDIUM_RANDOM})

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from circuit_reuse.metrics import LogitDifference, ProbabilityDifference, pair_tokens
 from circuit_reuse.models import ModelSpec, cache_model, load_model
 from circuit_reuse.patching import SENDER_SETS, path_patch, path_patch_reference, sender_heads
 
@@ -196,6 +197,52 @@ def expected_senders(receivers, n_layers: int, n_heads: int, sender_set: str) ->
     if sender_set == "authors":
         return {(layer, head) for layer, head in heads if layer <= min(receiver_layers)} - receiver_heads
     return {(layer, head) for layer, head in heads if layer < max(receiver_layers)} - receiver_heads
+
+
+def year_like_metric(model, clean, n_tokens: int = 40, seed: int = 0):
+    """Greater-Than's metric on random prompts: n_tokens shared answer tokens, the ones the model already favours
+    at the clean prompts' END (so the probabilities are not negligible), +1 above a per-prompt cut, -1 up to it."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits = model(clean)[:, -1]
+    tokens = logits.mean(0).topk(n_tokens).indices.expand(clean.shape[0], n_tokens).clone()
+    cut = torch.randint(1, n_tokens - 1, (clean.shape[0], 1), generator=generator)
+    weights = torch.where(torch.arange(n_tokens)[None] >= cut, 1.0, -1.0)
+    return tokens, weights
+
+
+PROB_DIFF_CASES = [
+    ("2L4H64d", 0, "logits", False),
+    ("3L4H48d", 1, "logits", True),
+    ("2L4H64d", 1, SAME_HEAD_ALL, False),
+    ("3L4H48d", 0, MIXED, True),
+    ("4L4H32d", 0, THREE_LAYERS, False),
+]
+
+
+@pytest.mark.parametrize(("shape", "seed", "receivers", "freeze_mlps"), PROB_DIFF_CASES)
+def test_probability_difference_matches_reference(sharp_model, shape, seed, receivers, freeze_mlps):
+    model = sharp_model(shape, seed)
+    clean, corrupted, _, end = make_prompts(model, LENGTHS, seed, corrupt_at=corrupt_early)
+    tokens, weights = year_like_metric(model, clean, seed=seed)
+    position = None if receivers == "logits" else earlier_positions(end)
+    options = dict(metric=ProbabilityDifference(), metric_weights=weights)
+    fast, reference = both(model, clean, corrupted, tokens, receivers, position, freeze_mlps, **options)
+    assert_same_scores(fast, reference)
+
+
+def test_the_logit_difference_as_a_metric_is_the_pair_default(sharp_model):
+    model = sharp_model("2L4H64d", 0)
+    clean, corrupted, answers, _ = make_prompts(model, LENGTHS, 0)
+    tokens, weights = pair_tokens(answers)
+    for implementation in (path_patch, path_patch_reference):
+        default = implementation(model, clean, corrupted, answers, SINGLE_Q, None, progress=False)
+        explicit = implementation(
+            model, clean, corrupted, tokens, SINGLE_Q, None, progress=False, metric=LogitDifference(),
+            metric_weights=weights,
+        )  # fmt: skip
+        assert torch.equal(default.isnan(), explicit.isnan())
+        assert torch.allclose(default.nan_to_num(), explicit.nan_to_num(), atol=1e-6)
 
 
 def test_sender_sets_of_receivers_in_two_layers():

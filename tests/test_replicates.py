@@ -35,13 +35,15 @@ def _fake_results(root: Path, iou: float, accuracy: float, with_intervention: bo
     baselines = pd.DataFrame(
         {
             "model": ["m", "m"], "task": ["ioi", "ioi"], "condition": ["clean", "corrupted"],
-            "accuracy": [accuracy, 0.0], "logit_diff_mean": [2 * accuracy, -1.0],
+            "accuracy": [accuracy, 0.0], "metric_mean": [2 * accuracy, -1.0],
         }
     )  # fmt: skip
     write_parquet(results / "tables/baselines.parquet", baselines)
     overlap = pd.DataFrame(
         {
             "model": ["m"],
+            "task_a": ["ioi"],
+            "task_b": ["colored_objects"],
             "iou": [iou],
             "shared": [4],
             "share_of_a_in_b": [0.5],
@@ -65,8 +67,9 @@ def _fake_results(root: Path, iou: float, accuracy: float, with_intervention: bo
 def test_headline_numbers_read_clean_baselines_overlap_and_conditions_that_ran(tmp_path):
     numbers = headline_numbers(_fake_results(tmp_path, iou=0.6, accuracy=0.9)).set_index(["family", "metric"])
     assert numbers.loc[("baseline", "ioi.accuracy"), "value"] == 0.9  # clean only
-    assert numbers.loc[("baseline", "ioi.logit_diff_mean"), "value"] == 1.8
-    assert numbers.loc[("overlap", "iou"), "value"] == 0.6 and numbers.loc[("overlap", "shared"), "value"] == 4
+    assert numbers.loc[("baseline", "ioi.metric_mean"), "value"] == 1.8
+    assert numbers.loc[("overlap", "ioi-colored_objects.iou"), "value"] == 0.6
+    assert numbers.loc[("overlap", "ioi-colored_objects.shared"), "value"] == 4
     assert numbers.loc[("intervention", "both.delta_accuracy"), "value"] == 0.25
     assert not any(metric.startswith("skipped_one") for metric in numbers.index.get_level_values("metric"))
     assert len(numbers) == 2 + 5 + 4
@@ -81,13 +84,13 @@ def test_seed_variation_summarises_each_number_across_replicates(tmp_path):
         4: _fake_results(tmp_path / "c", iou=0.9, accuracy=0.7, with_intervention=False),
     }
     table = seed_variation(runs).set_index(["family", "metric"])
-    iou = table.loc[("overlap", "iou")]
+    iou = table.loc[("overlap", "ioi-colored_objects.iou")]
     assert iou["n"] == 3 and iou["mean"] == pytest.approx(0.7) and iou["std"] == pytest.approx(0.2)
     assert (iou["min"], iou["max"]) == (0.5, 0.9)
     assert (iou["offset_0"], iou["offset_1"], iou["offset_4"]) == (0.5, 0.7, 0.9)
     both = table.loc[("intervention", "both.accuracy")]
     assert both["n"] == 2 and pd.isna(both["offset_4"])  # a replicate without the table is left out
-    single = seed_variation({2: runs[0]}).set_index(["family", "metric"]).loc[("overlap", "iou")]
+    single = seed_variation({2: runs[0]}).set_index(["family", "metric"]).loc[("overlap", "ioi-colored_objects.iou")]
     assert single["n"] == 1 and pd.isna(single["std"])
     with pytest.raises(ValueError, match="no replicates"):
         seed_variation({})

@@ -169,10 +169,8 @@ def test_learning_rate_warms_up_linearly_then_decays_by_a_cosine_to_zero():
 
 
 def test_training_seeds_are_disjoint_from_evaluation_seeds_and_from_each_other():
-    schema = load_schema()["$defs"]
-    highest_task_seed = min(
-        schema[f"{task}_task"]["properties"]["seed"]["maximum"] for task in ("ioi", "colored_objects")
-    )
+    tasks = load_schema()["properties"]["tasks"]["properties"]
+    highest_task_seed = min(tasks[task]["properties"]["seed"]["maximum"] for task in training.TASKS)
     seeds = [training_seed(seed, task, chunk) for seed in (0, 1, 7) for task in training.TASKS for chunk in (0, 1, 19)]
     held = [training_seed(seed, task, training.HELD_OUT_CHUNK) for seed in (0, 1, 7) for task in training.TASKS]
     assert min(seeds + held) > highest_task_seed

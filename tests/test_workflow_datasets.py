@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from circuit_reuse.config import load_config
 from circuit_reuse.datasets import DatasetError
 from circuit_reuse.datasets.vocab import as_tokenizer, cache_tokenizer, tokenizer_fingerprint
 from circuit_reuse.io import read_json
@@ -28,7 +29,7 @@ def test_dry_run_lists_datasets_and_baselines_for_every_model_and_task(tmp_path)
     for rule in ("cache_tokenizer", "make_dataset", "evaluate_baseline", "baseline_table"):
         assert f"rule {rule}:" in output
     assert "results/tokenizer/manifest.json" in output
-    for task in ("ioi", "colored_objects"):
+    for task in load_config(REPO / "config.yaml")["tasks"]:
         assert f"results/datasets/{task}.jsonl" in output
         for model in ("gpt2-small", "gpt2-medium"):
             assert f"results/baselines/{model}/{task}.prompts.parquet" in output

@@ -24,18 +24,22 @@ import nbformat
 import pytest
 import yaml
 
+from circuit_reuse.config import load_config
 from circuit_reuse.datasets import load_dataset
 from circuit_reuse.examples import example_drift
 from circuit_reuse.io import read_json, read_parquet, read_parquet_provenance
 from circuit_reuse.workflow import job_times
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = ("tiny-a", "tiny-b")
-TASKS = ("ioi", "colored_objects")
+SMOKE_CONFIG = load_config(REPO / "workflow" / "configs" / "smoke.yaml")
+MODELS = tuple(SMOKE_CONFIG["models"])
+TASKS = tuple(SMOKE_CONFIG["tasks"])
+STAGES = {task: len(stages) for task, stages in SMOKE_CONFIG["discovery"]["stages"].items()}
 NOTEBOOK_RULES = (
     "notebook_baselines",
     "notebook_head_grids",
     "notebook_overlap",
+    "notebook_overlap_matrix",
     "notebook_threshold_sensitivity",
     "notebook_intervention",
     "notebook_movers",
@@ -43,13 +47,13 @@ NOTEBOOK_RULES = (
     "notebook_faithfulness",
 )
 FIGURES = (
-    ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison"]
+    ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
     + [f"head_grids/{m}.{t}" for m in MODELS for t in TASKS]
     + [f"overlap/{m}" for m in MODELS]
     + [f"movers/{m}" for m in MODELS]
     + [f"faithfulness/{m}" for m in MODELS]
 )
-TABLES = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison"] + [
+TABLES = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"] + [
     f"{family}/{m}" for family in ("overlap", "movers", "faithfulness") for m in MODELS
 ]
 
@@ -106,9 +110,14 @@ def test_every_target_is_built(smoke):
         assert (run / "results/tables" / f"{stem}.csv").is_file(), stem
         assert "\\begin{table}" in (run / "results/tables" / f"{stem}.tex").read_text(), stem
     executed = sorted(path.name for path in (run / "results/notebooks").glob("*.ipynb"))
-    assert len(executed) == 1 + 4 + 2 + 1 + 1 + 2 + 1 + 2, executed
+    n_head_grids = len(MODELS) * len(TASKS)
+    assert len(executed) == 1 + n_head_grids + 2 + 1 + 1 + 1 + 2 + 1 + len(MODELS), executed
+    n_pairs = len(TASKS) * (len(TASKS) - 1) // 2
     for model in MODELS:
-        assert (run / f"results/overlap/{model}/summary.parquet").is_file()
+        summary = read_parquet(run / f"results/overlap/{model}/summary.parquet")
+        assert len(summary) == n_pairs and summary["iou"].between(0, 1).all()
+        pairs = [(a, b) for i, a in enumerate(TASKS) for b in TASKS[i + 1 :]]
+        assert list(zip(summary["task_a"], summary["task_b"], strict=True)) == pairs
         assert (run / f"results/intervention/{model}/accuracy.parquet").is_file()
         for task in TASKS:
             assert (run / f"results/circuits/{model}/{task}.json").is_file()
@@ -131,7 +140,8 @@ def test_faithfulness_covers_every_circuit_on_every_task(smoke):
 def test_datasets_and_baselines_carry_their_config_and_tokenizer(smoke):
     results, logs = smoke.run_dir / "results", smoke.run_dir / "logs"
     fingerprint = read_json(results / "tokenizer/manifest.json")["tokenizer"]["fingerprint"]
-    for task, seed in (("ioi", 0), ("colored_objects", 42)):
+    for task in TASKS:
+        seed = SMOKE_CONFIG["tasks"][task]["seed"]
         dataset = load_dataset(results / f"datasets/{task}.jsonl")
         assert len(dataset) == 24 and dataset.meta["seed"] == seed and dataset.meta["config"]["n_prompts"] == 24
         assert dataset.meta["tokenizer"]["fingerprint"] == fingerprint
@@ -142,11 +152,11 @@ def test_datasets_and_baselines_carry_their_config_and_tokenizer(smoke):
             provenance = read_parquet_provenance(results / f"baselines/{model}/{task}.summary.parquet")
             assert provenance["config"]["dataset"]["seed"] == seed and provenance["versions"]["torch"]
             log = (logs / f"evaluate_baseline/{model}/{task}.log").read_text()
-            assert "batch" in log and "logit_diff_mean" in log
+            assert "batch" in log and "metric_mean" in log
     table = read_parquet(results / "tables/baselines.parquet")
-    assert len(table) == 8 and set(table["model"]) == set(MODELS)
+    assert len(table) == 2 * len(MODELS) * len(TASKS) and set(table["model"]) == set(MODELS)
     assert (table["n"] == 24).all() and table["accuracy"].between(0, 1).all()
-    assert (table["logit_diff_ci_low"] <= table["logit_diff_mean"]).all()
+    assert (table["metric_ci_low"] <= table["metric_mean"]).all()
 
 
 def test_a_second_run_does_nothing(smoke):
@@ -184,12 +194,13 @@ def test_a_new_selection_threshold_reruns_only_what_depends_on_it(smoke, tmp_pat
     planned = smoke.planned_jobs(config=changed)
     # Stages after the first read the previous stage's selection; the logits stages, the datasets, the
     # baselines and the head detectors do not.
-    later_stages = 2 * (3 + 2)  # per model: IOI's inhibition, induction, previous-token; Colored Objects' two
+    later_stages = len(MODELS) * sum(count - 1 for count in STAGES.values())  # every stage but the logits one
     assert planned["patch_stage"] == later_stages
-    assert planned["assemble_circuit"] == 4 and planned["overlap"] == 2 and planned["intervention"] == 2
-    assert planned["faithfulness"] == 4
+    assert planned["assemble_circuit"] == len(MODELS) * len(TASKS)
+    assert planned["overlap"] == len(MODELS) and planned["intervention"] == len(MODELS)
+    assert planned["faithfulness"] == len(MODELS) * len(TASKS)
     for rule in ("notebook_head_grids", "notebook_overlap", "notebook_movers"):
-        assert planned[rule] in (2, 4), rule
+        assert planned[rule] in (len(MODELS), len(MODELS) * len(TASKS)), rule  # per model, or per model and task
     untouched = {
         "cache_model", "cache_tokenizer", "check_model", "make_dataset", "evaluate_baseline",
         "baseline_table", "head_detectors", "notebook_baselines",

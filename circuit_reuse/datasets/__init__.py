@@ -1,4 +1,5 @@
-"""Task datasets: the shared `TaskDataset` layout and one generator module per task.
+"""Task datasets: the shared `TaskDataset` layout and one module per task, each registering itself in
+`circuit_reuse.tasks` (generator, metric, discovery stages, labelling and intervention roles).
 
 From a notebook:
 
@@ -11,7 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuit_reuse.datasets import colored_objects, ioi
+# Importing a task module registers it; the registry keeps this order (the paper's task, then its controls).
+# isort: off
+from circuit_reuse.datasets import ioi, colored_objects, greater_than, world_capitals  # noqa: F401
+
+# isort: on
 from circuit_reuse.datasets.core import (
     END,
     DatasetError,
@@ -23,12 +28,6 @@ from circuit_reuse.datasets.core import (
     save_dataset,
 )
 from circuit_reuse.datasets.vocab import as_tokenizer, tokenizer_info
-
-GENERATORS = {ioi.TASK: ioi.generate, colored_objects.TASK: colored_objects.generate}
-TASKS = tuple(GENERATORS)
-# The positions every prompt of a task records (what stages and the intervention may name) and its spans.
-ROLES = {ioi.TASK: ioi.ROLES, colored_objects.TASK: colored_objects.ROLES}
-SPANS = {ioi.TASK: (), colored_objects.TASK: colored_objects.SPANS}
 
 
 def generate_records(
@@ -42,19 +41,28 @@ def generate_records(
     pad token id, and the package versions.
     """
     from circuit_reuse.io import versions
+    from circuit_reuse.tasks import TaskError, get_task
 
-    if task not in GENERATORS:
-        raise DatasetError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    try:
+        spec = get_task(task)
+    except TaskError as error:
+        raise DatasetError(str(error)) from None
     tokenizer = as_tokenizer(tokenizer)
     options = {key: value for key, value in options.items() if value is not None}
-    records, meta = GENERATORS[task](n, seed, tokenizer, **options)
+    records, meta = spec.generate(n, seed, tokenizer, **options)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    meta = {**meta, "tokenizer": tokenizer_info(tokenizer), "pad_token_id": pad, "versions": versions()}
+    meta = {
+        **meta,
+        "metric": spec.metric.name,
+        "tokenizer": tokenizer_info(tokenizer),
+        "pad_token_id": pad,
+        "versions": versions(),
+    }
     return records, meta
 
 
 def make_dataset(task: str, n: int, seed: int, tokenizer: Any, **options: Any) -> TaskDataset:
-    """Generate `n` prompts of `task` ("ioi" or "colored_objects") for `seed` as a TaskDataset.
+    """Generate `n` prompts of a registered task (`circuit_reuse.tasks`) for `seed` as a TaskDataset.
 
     The same arguments give the same prompts; `dataset.records` and `dataset.meta` are what
     `save_dataset(path, dataset.records, dataset.meta)` writes.
@@ -65,8 +73,6 @@ def make_dataset(task: str, n: int, seed: int, tokenizer: Any, **options: Any) -
 
 __all__ = [
     "END",
-    "GENERATORS",
-    "TASKS",
     "DatasetError",
     "TaskDataset",
     "from_records",

@@ -27,11 +27,21 @@ colours at 41, 45, 50 and the example's answer at 30.
 Corruption "other_object" (the default and only one): the same prompt, but the query's question asks
 about one of the two other objects of its list, so its answer is another colour in context.
 `answer` is " {Color}" of the queried object; `wrong` is " {Color}" of the corrupted question's object.
+
+Source (`source`): "generated" draws prompts as above; "paper" reads the paper's own 1000 seed-42 prompts
+and their minimal-difference partners (shipped in circuit_reuse/data/colored_objects_paper/ with their MIT
+License; `paper_records`). Each paper prompt is parsed back into its example and query, rebuilt piece by
+piece, and must reproduce the paper's text and answers exactly; its roles are then computed and validated
+as for a generated prompt. The first n are used; the seed plays no part.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import re
+from pathlib import Path
 from typing import Any
 
 from circuit_reuse.datasets.core import END, DatasetError
@@ -43,6 +53,8 @@ from circuit_reuse.datasets.vocab import (
     require_count,
     tokenize_pieces,
 )
+from circuit_reuse.metrics import LogitDifference
+from circuit_reuse.tasks import Task, register, word_list_option
 
 TASK = "colored_objects"
 N_ITEMS = 3
@@ -73,6 +85,18 @@ OBJECTS = (
 )  # fmt: skip
 
 _VOWELS = "aeiouAEIOU"
+
+SOURCES = ("generated", "paper")
+PAPER_DATA = Path(__file__).resolve().parent.parent / "data" / "colored_objects_paper"
+PAPER_FILES = {
+    "clean": ("cobjs_data_42.json", "1b749fc6f36c32b5cbaa611c140a1238d2ab894c4da5d98e8bdb6799602e3160"),
+    "corrupted": ("cobjs_mindiff_data_42.json", "54e72c67d18843842bf50c5a7784b7ca309fc2b6588f74f192a601ca3d3cb271"),
+}
+PAPER_SEED = 42
+_QUESTION = re.compile(
+    r"Q: On the (?P<surface>.+?), (?P<start>.+?) (?P<items>an? .+)\. What color is the (?P<asked>\S+)\?"
+)
+_ITEM = re.compile(r"an? (?P<color>\S+) (?P<object>\S+)")
 
 
 def capitalized(color: str) -> str:
@@ -128,8 +152,12 @@ def generate(
     surfaces: list[str] | None = None,
     starts: list[str] | None = None,
     drop_multi_token: bool = False,
+    source: str = "generated",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate `n` Colored Objects prompts for `seed`; returns (records, meta) in the core layout.
+
+    With `source="paper"` the records are the paper's first `n` prompts (`paper_records`) and the
+    vocabulary options must be left at None.
 
     None for a list means the paper's (COLORS, OBJECTS, SURFACES, STARTS). Colours must be single tokens
     both as " red" and " Red", objects as " pencil"; with `drop_multi_token` the others are left out and
@@ -139,6 +167,15 @@ def generate(
     if n < 1:
         raise DatasetError(f"{TASK}: n must be at least 1, got {n}")
     tokenizer = as_tokenizer(tokenizer)
+    if source not in SOURCES:
+        raise DatasetError(f"{TASK} source: {source!r} is not one of {', '.join(SOURCES)}")
+    if source == "paper":
+        given = [
+            k for k, v in {"colors": colors, "objects": objects, "surfaces": surfaces, "starts": starts}.items() if v
+        ]
+        if given:
+            raise DatasetError(f"{TASK}: source paper uses the paper's prompts; leave {', '.join(given)} unset")
+        return paper_records(n, tokenizer), _meta(n, PAPER_SEED, {"source": source}, {})
     dropped: dict[str, list[str]] = {}
     colors, dropped["colors"] = check_single_tokens(
         COLORS if colors is None else colors,
@@ -180,17 +217,23 @@ def generate(
         answer_index = rng.randrange(N_ITEMS)
         corrupted_index = rng.choice([k for k in range(N_ITEMS) if k != answer_index])
         records.append(_record(tokenizer, example, query, answer_index, corrupted_index, f"{TASK} {i}"))
-    meta = {
+    options = {
+        "source": source,
+        "colors": colors,
+        "objects": objects,
+        "surfaces": surfaces,
+        "starts": starts,
+        "drop_multi_token": drop_multi_token,
+    }
+    return records, _meta(n, seed, options, dropped)
+
+
+def _meta(n: int, seed: int, options: dict[str, Any], dropped: dict[str, list[str]]) -> dict[str, Any]:
+    return {
         "task": TASK,
         "n_prompts": n,
         "seed": seed,
-        "options": {
-            "colors": colors,
-            "objects": objects,
-            "surfaces": surfaces,
-            "starts": starts,
-            "drop_multi_token": drop_multi_token,
-        },
+        "options": options,
         "dropped": dropped,
         "roles": list(ROLES),
         "spans": list(SPANS),
@@ -198,7 +241,73 @@ def generate(
         "default_corruption": DEFAULT_CORRUPTION,
         "answer": "' {Color}' of the queried object (answer); of the corrupted question's object (wrong)",
     }
-    return records, meta
+
+
+def read_paper_pairs(which: str) -> list[tuple[str, str]]:
+    """The paper's [prompt, answer] pairs, "clean" or "corrupted", after checking the file's sha256."""
+    name, expected = PAPER_FILES[which]
+    path = PAPER_DATA / name
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DatasetError(f"{path}: sha256 differs from the paper's release ({expected}); the file was changed")
+    return [(prompt, answer) for prompt, answer in json.loads(data)]
+
+
+def parse_question(text: str, what: str) -> dict[str, Any]:
+    """One question of a paper prompt as {surface, start, colors, objects, asked}."""
+    match = _QUESTION.fullmatch(text)
+    items = [_ITEM.fullmatch(item) for item in re.split(r", and |, ", match["items"])] if match else []
+    if not match or len(items) != N_ITEMS or not all(items):
+        raise DatasetError(f"{what}: {text!r} is not a question of the Colored Objects format")
+    objects = [item["object"] for item in items]
+    if match["asked"] not in objects:
+        raise DatasetError(f"{what}: the question asks about {match['asked']!r}, which is not in its list")
+    return {
+        "surface": match["surface"],
+        "start": match["start"],
+        "colors": [item["color"] for item in items],
+        "objects": objects,
+        "asked": objects.index(match["asked"]),
+    }
+
+
+def paper_records(n: int, tokenizer: Any) -> list[dict[str, Any]]:
+    """The paper's first `n` prompts as records, each rebuilt from its parsed parts and checked against its text."""
+    clean, corrupted = read_paper_pairs("clean"), read_paper_pairs("corrupted")
+    if n > len(clean):
+        raise DatasetError(f"{TASK}: source paper has {len(clean)} prompts; {n} were asked for")
+    records = []
+    for i in range(n):
+        what = f"{TASK} paper prompt {i}"
+        (prompt, answer), (partner, partner_answer) = clean[i], corrupted[i]
+        example_text, example_answer, query_text = _split_prompt(prompt, what)
+        partner_example, _, partner_query = _split_prompt(partner, what + " (minimal difference)")
+        example, query = parse_question(example_text, what), parse_question(query_text, what)
+        corrupted_query = parse_question(partner_query, what + " (minimal difference)")
+        if partner_example != example_text or {**corrupted_query, "asked": 0} != {**query, "asked": 0}:
+            raise DatasetError(f"{what}: its minimal-difference partner differs in more than the asked object")
+        answer_index, corrupted_index = query.pop("asked"), corrupted_query["asked"]
+        record = _record(tokenizer, example, query, answer_index, corrupted_index, what)
+        expected = (prompt, partner, answer, partner_answer, example_answer)
+        rebuilt = (
+            record["clean_text"],
+            record["corrupted_text"],
+            record["answer_str"],
+            record["wrong_str"],
+            capitalized(example["colors"][example["asked"]]),
+        )
+        if rebuilt != expected:
+            raise DatasetError(f"{what}: rebuilt as {rebuilt!r}, not the paper's {expected!r}")
+        records.append({**record, "paper_index": i})
+    return records
+
+
+def _split_prompt(prompt: str, what: str) -> tuple[str, str, str]:
+    """(example question, example answer colour, query question) of one paper prompt."""
+    parts = prompt.split("\n")
+    if len(parts) != 4 or not parts[1].startswith("A: ") or parts[3] != "A:":
+        raise DatasetError(f"{what}: {prompt!r} is not a one-shot Colored Objects prompt")
+    return parts[0], parts[1][len("A: ") :], parts[2]
 
 
 def _phrases(items, what: str) -> list[str]:
@@ -299,3 +408,54 @@ def validate_record(record: dict[str, Any], tokenizer: Any, what: str = TASK) ->
         problems.append("END is not the query's final 'A:'")
     if problems:
         raise DatasetError(f"{what}: {'; '.join(problems)} in {record['clean_text']!r}")
+
+
+TASK_SPEC = register(
+    Task(
+        name=TASK,
+        label="Colored Objects",
+        generate=generate,
+        metric=LogitDifference(),
+        default_seed=42,
+        options_schema={
+            "source": {
+                "description": (
+                    "generated (drawn for the seed from the vocabularies below) or paper (the paper's own 1000 "
+                    "seed-42 prompts and their minimal-difference partners, shipped with the project under their "
+                    "MIT License; the seed and vocabularies are then not used)"
+                ),
+                "enum": list(SOURCES),
+                "default": "generated",
+            },
+            "colors": word_list_option(
+                "colours, each one token as ' red' and ' Red' (at least 6: example and query share none), or null "
+                f"for {', '.join(COLORS)}",
+                2 * N_ITEMS,
+            ),
+            "objects": word_list_option(
+                "objects, each one token after a space (at least 6), or null for the paper's 17", 6
+            ),
+            "surfaces": word_list_option(
+                f"what the objects lie on ('On the {{surface}}, ...'), or null for {', '.join(SURFACES)}"
+            ),
+            "starts": word_list_option(
+                "phrases before the list ('..., {start} a red cup, ...'), or null for " + ", ".join(map(repr, STARTS))
+            ),
+            "drop_multi_token": {"$ref": "#/$defs/drop_multi_token"},
+        },
+        stages=(
+            {"name": "movers", "receivers": "logits", "position": END},
+            {"name": "inhibition", "receivers": {"stage": "movers", "components": ["q"]}, "position": END},
+            {
+                "name": "induction",
+                "receivers": {"stage": "inhibition", "components": ["k", "v"]},
+                "position": "question_object",
+            },
+        ),
+        candidate_roles=("color_0", "color_1", "color_2"),
+        roles=ROLES,
+        spans=SPANS,
+        intervention_heads={"content_gatherers": ("role", "content_gatherer"), "movers": ("stage", "movers")},
+        intervention_target=True,
+    )
+)

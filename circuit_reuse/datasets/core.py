@@ -6,6 +6,10 @@ right-padded token tensors, ready for the model:
 
 - `clean_tokens`, `corrupted_tokens`: LongTensor [n, seq], right-padded with `pad_token_id`.
 - `answer_tokens`: LongTensor [n, 2], (correct, wrong): the answer and the corrupted prompt's answer.
+- `metric_tokens` LongTensor [n, k], `metric_weights` float [n, k]: what the task's metric sums over
+  (`circuit_reuse.metrics`); by default (answer, wrong) with weights (+1, -1), the logit difference's.
+  A record may give its own `metric_tokens` and `metric_weights` (Greater-Than's year sets).
+- `metric`: the task's metric, named by the meta's "metric" (the logit difference when none is named).
 - `positions[role]`: LongTensor [n], the token index of a role in each prompt. "END", the last real
   token where the answer is predicted, is always present.
 - `spans[name]`: LongTensor [n, 2], half-open [start, end) token ranges (e.g. the question's tokens).
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 
 from circuit_reuse.io import read_json, read_jsonl, write_json, write_jsonl
+from circuit_reuse.metrics import Metric, metric_by_name, pair_tokens
 
 END = "END"
 
@@ -44,6 +49,16 @@ class TaskDataset:
     records: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     pad_token_id: int = 50256
+    metric_tokens: torch.Tensor | None = None
+    metric_weights: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.metric_tokens is None:
+            self.metric_tokens, self.metric_weights = pair_tokens(self.answer_tokens)
+
+    @property
+    def metric(self) -> Metric:
+        return metric_by_name(self.meta.get("metric", "logit_diff"))
 
     def __len__(self) -> int:
         return self.clean_tokens.shape[0]
@@ -72,6 +87,8 @@ class TaskDataset:
             records=[self.records[i] for i in rows] if self.records else [],
             meta=self.meta,
             pad_token_id=self.pad_token_id,
+            metric_tokens=self.metric_tokens[take],
+            metric_weights=self.metric_weights[take],
         )
 
 
@@ -91,7 +108,8 @@ def from_records(
 
     A record holds `clean_tokens`, `corrupted_tokens` (lists of ids), `answer` and `wrong` (ids),
     `positions` ({role: index}), optionally `spans` ({name: [start, end]}) and `corruptions`
-    ({name: token list}); any other keys are kept as they are.
+    ({name: token list}), `metric_tokens` and `metric_weights` (equal-length lists); any other keys are
+    kept as they are.
     """
     if not records:
         raise DatasetError(f"{task}: the dataset holds no prompts")
@@ -119,7 +137,25 @@ def from_records(
         records=records,
         meta=meta or {},
         pad_token_id=pad_token_id,
+        **_metric_tensors(task, records),
     )
+
+
+def _metric_tensors(task: str, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Records' own metric tokens and weights, padded with weight 0 to one width; {} when they have none."""
+    if "metric_tokens" not in records[0]:
+        return {}
+    for i, record in enumerate(records):
+        if len(record.get("metric_tokens", ())) != len(record.get("metric_weights", [None])):
+            raise DatasetError(f"{task}: prompt {i} needs metric_tokens and metric_weights of the same length")
+    width = max(len(r["metric_tokens"]) for r in records)
+    tokens = torch.zeros(len(records), width, dtype=torch.long)
+    weights = torch.zeros(len(records), width, dtype=torch.float32)
+    for i, record in enumerate(records):
+        k = len(record["metric_tokens"])
+        tokens[i, :k] = torch.tensor(record["metric_tokens"], dtype=torch.long)
+        weights[i, :k] = torch.tensor(record["metric_weights"], dtype=torch.float32)
+    return {"metric_tokens": tokens, "metric_weights": weights}
 
 
 def save_dataset(path: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> Path:

@@ -40,6 +40,8 @@ from circuit_reuse.datasets.vocab import (
     require_count,
     tokenize_pieces,
 )
+from circuit_reuse.metrics import LogitDifference
+from circuit_reuse.tasks import Task, register, word_list_option
 
 TASK = "ioi"
 ROLES = ("IO", "S1", "S1+1", "S2", END)
@@ -286,3 +288,52 @@ def validate_record(record: dict[str, Any], tokenizer: Any, what: str = TASK) ->
         problems.append("the abc corruption must use three distinct names, none of them IO or S")
     if problems:
         raise DatasetError(f"{what}: {'; '.join(problems)} in {record['clean_text']!r}")
+
+
+TASK_SPEC = register(
+    Task(
+        name=TASK,
+        label="IOI",
+        generate=generate,
+        metric=LogitDifference(),
+        options_schema={
+            "templates": {
+                "description": (
+                    "IOI templates, or null for the project's 15. Placeholders: {N1} and {N2} (the first mention "
+                    "of the two names: IO then S in ABBA order, S then IO in BABA), {S2} (the subject again), "
+                    "optional {PLACE} and {OBJECT}; each after a space, in the order N1, N2, S2; the template ends "
+                    'where IO is predicted, e.g. "When {N1} and {N2} went to the {PLACE}, {S2} gave a {OBJECT} to"'
+                ),
+                "type": ["array", "null"],
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {
+                    "description": "a template with {N1}, {N2} and {S2}, not ending in a space",
+                    "type": "string",
+                    "pattern": "^(?=.*\\{N1\\})(?=.*\\{N2\\})(?=.*\\{S2\\}).*\\S$",
+                },
+                "default": None,
+            },
+            "names": word_list_option(
+                "first names, each one token after a space (at least 5), or null for the built-in 100", 5
+            ),
+            "places": word_list_option(f"places for {{PLACE}}, or null for {', '.join(PLACES)}"),
+            "objects": word_list_option(f"objects for {{OBJECT}}, or null for {', '.join(OBJECTS)}"),
+            "drop_multi_token": {"$ref": "#/$defs/drop_multi_token"},
+        },
+        stages=(
+            {"name": "movers", "receivers": "logits", "position": END},
+            {"name": "inhibition", "receivers": {"stage": "movers", "components": ["q"]}, "position": END},
+            {"name": "induction", "receivers": {"stage": "inhibition", "components": ["k", "v"]}, "position": "S2"},
+            {
+                "name": "previous_token",
+                "receivers": {"stage": "induction", "components": ["k", "v"]},
+                "position": "S1+1",
+            },
+        ),
+        candidate_roles=("IO", "S1", "S2"),
+        roles=ROLES,
+        ablation_reference="abc",
+        intervention_heads={"inhibition": ("role", "inhibition"), "negative_mover": ("role", "negative_mover")},
+    )
+)

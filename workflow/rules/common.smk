@@ -4,6 +4,7 @@
 
 import os
 import re
+import sys
 from dataclasses import asdict
 
 from circuit_reuse.discovery import StageError, parse_stages
@@ -98,12 +99,10 @@ NOTEBOOKS_OUT_DIR = "results/notebooks"
 
 # Circuit discovery: each task's stages, checked once when the workflow is read.
 
-try:
+try:  # validation gave every task its stages (the config's, else its registered default)
     STAGES = {
         task: parse_stages(task, config["discovery"]["stages"][task], config["discovery"]["senders"]) for task in TASKS
     }
-except KeyError as missing:
-    raise WorkflowError(f"invalid config:\n  discovery.stages: no stages for task {missing}") from None
 except StageError as error:
     raise WorkflowError(f"invalid config:\n  {error}") from None
 STAGE_SPECS = {task: {spec.name: spec for spec in specs} for task, specs in STAGES.items()}
@@ -125,20 +124,25 @@ def stage_selection(wildcards):
 
 
 def stage_grids(wildcards):
-    return [scores_path(wildcards.model, wildcards.task, spec.name) for spec in STAGES[wildcards.task]]
+    return task_grids(wildcards.model, wildcards.task)
 
 
-# Overlap compares the two tasks' circuits, so it runs when the config has exactly two tasks.
+# Overlap compares every pair of the config's tasks in each model; with a single task there is no pair.
 
-OVERLAP_TASKS = TASKS if len(TASKS) == 2 else []
+OVERLAP_RUNS = len(TASKS) >= 2
+if not OVERLAP_RUNS:
+    print(f"note: one task ({TASKS[0]}): no pair of circuits to compare, so no overlap is built", file=sys.stderr)
+
+
+def task_grids(model, task):
+    return [scores_path(model, task, spec.name) for spec in STAGES[task]]
 
 
 def overlap_inputs(wildcards):
-    return {
-        "circuits": [circuit_path(wildcards.model, task) for task in OVERLAP_TASKS],
-        "grids_a": [scores_path(wildcards.model, OVERLAP_TASKS[0], s.name) for s in STAGES[OVERLAP_TASKS[0]]],
-        "grids_b": [scores_path(wildcards.model, OVERLAP_TASKS[1], s.name) for s in STAGES[OVERLAP_TASKS[1]]],
-    }
+    """Every task's circuit, and each task's stage grids as `grids_{task}`."""
+    inputs = {"circuits": [circuit_path(wildcards.model, task) for task in TASKS]}
+    inputs.update({f"grids_{task}": task_grids(wildcards.model, task) for task in TASKS})
+    return inputs
 
 
 def model_check_path(model):

@@ -3,6 +3,8 @@
 # and LaTeX) to results/tables/ and keeps the executed notebook under results/notebooks/. A notebook is an
 # input of its rule, so editing one reruns only what it draws.
 
+from circuit_reuse.tasks import get_task
+
 
 rule notebook_baselines:
     input:
@@ -56,22 +58,27 @@ ALL_TARGETS.extend(f"{FIGURES_DIR}/head_grids/{m}.{t}.png" for m in MODELS for t
 ALL_TARGETS.extend([f"{FIGURES_DIR}/baselines.png", f"{TABLES_DIR}/baselines.csv"])
 
 
-if OVERLAP_TASKS:
+if OVERLAP_RUNS:
+    # The per-model overlap figure draws the first pair of tasks in config order (the paper's IOI and
+    # Colored Objects in config.yaml); the matrix figure shows every pair.
+    FIGURE_PAIR = TASKS[:2]
 
     rule notebook_overlap:
         input:
-            unpack(overlap_inputs),
             notebook=notebook_source("03_overlap"),
+            circuits=lambda wildcards: [circuit_path(wildcards.model, task) for task in FIGURE_PAIR],
+            grids_a=lambda wildcards: task_grids(wildcards.model, FIGURE_PAIR[0]),
+            grids_b=lambda wildcards: task_grids(wildcards.model, FIGURE_PAIR[1]),
             heads=f"{overlap_dir('{model}')}/heads.parquet",
             summary=f"{overlap_dir('{model}')}/summary.parquet",
         output:
             notebook=executed_notebook("03_overlap", ".{model}"),
-            **figure_outputs("overlap/{model}", "overlap", "3. Overlap of the two circuits", "{model}"),
+            **figure_outputs("overlap/{model}", "overlap", "3. Overlap of two tasks' circuits", "{model}"),
             **table_outputs("overlap/{model}"),
         params:
             parameters=lambda wildcards, input, output: {
                 "model": wildcards.model,
-                "tasks": list(OVERLAP_TASKS),
+                "tasks": list(FIGURE_PAIR),
                 "scores_a": list(input.grids_a),
                 "scores_b": list(input.grids_b),
                 "circuits": list(input.circuits),
@@ -114,7 +121,32 @@ if OVERLAP_TASKS:
         script:
             "../../scripts/run_notebook.py"
 
+    rule notebook_overlap_matrix:
+        input:
+            notebook=notebook_source("10_overlap_matrix"),
+            summary=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS],
+        output:
+            notebook=executed_notebook("10_overlap_matrix"),
+            **figure_outputs("overlap_matrix", "overlap_matrix", "3. Overlap of every pair of tasks"),
+            **table_outputs("overlap_matrix"),
+        params:
+            parameters=lambda wildcards, input, output: {
+                "summary": list(input.summary),
+                "labels": {task: get_task(task).label for task in TASKS},
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        benchmark:
+            "benchmarks/notebook_overlap_matrix.tsv",
+        log:
+            "logs/notebook_overlap_matrix.log",
+        script:
+            "../../scripts/run_notebook.py"
+
     ALL_TARGETS.extend(f"{FIGURES_DIR}/overlap/{m}.png" for m in MODELS)
+    ALL_TARGETS.append(f"{FIGURES_DIR}/overlap_matrix.png")
     ALL_TARGETS.append(f"{FIGURES_DIR}/threshold_sensitivity.png")
 
 
@@ -181,7 +213,7 @@ rule notebook_paper_comparison:
     input:
         notebook=notebook_source("07_paper_comparison"),
         baselines=baseline_table_path(),
-        overlap=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS] if OVERLAP_TASKS else [],
+        overlap=[f"{overlap_dir(m)}/summary.parquet" for m in MODELS] if OVERLAP_RUNS else [],
         intervention=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         controls=[f"{intervention_dir(m)}/controls_summary.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         spearman=[f"{intervention_dir(m)}/movers_spearman.parquet" for m in MODELS] if INTERVENTION_RUNS else [],

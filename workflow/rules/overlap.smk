@@ -1,5 +1,5 @@
-# Stage: overlap of the two tasks' circuits in each model, with its chance baseline and threshold
-# sensitivity. Runs when the config has exactly two tasks.
+# Stage: overlap of every pair of tasks' circuits in each model, with its chance baseline and threshold
+# sensitivity. Runs when the config has at least two tasks.
 
 
 rule overlap:
@@ -22,5 +22,5 @@ rule overlap:
         "../../scripts/overlap.py"
 
 
-if OVERLAP_TASKS:
+if OVERLAP_RUNS:
     ALL_TARGETS.extend(f"{overlap_dir(model)}/summary.parquet" for model in MODELS)
