@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-
 FAILING_JOB = """
 from circuit_reuse.workflow import job_logging
 
