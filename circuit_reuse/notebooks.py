@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import papermill
-from jupyter_client.manager import KernelManager
-from traitlets import default
 
 
 def run_notebook(
@@ -39,15 +37,5 @@ def run_notebook(
         kernel_name="python3",
         progress_bar=False,
         log_output=False,
-        kernel_manager_class=IpcKernelManager,
     )
     return executed
-
-
-class IpcKernelManager(KernelManager):
-    """A kernel reached through local sockets (files in Jupyter's runtime directory), not TCP ports: nothing
-    the job runs is sent over the network, and the kernel has no cause to warn that it is unencrypted."""
-
-    @default("transport")
-    def _ipc_transport(self) -> str:
-        return "ipc"

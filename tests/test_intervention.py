@@ -594,6 +594,7 @@ def test_bad_intervention_values_name_the_key(paper_config, change, where):
 
 
 def test_smoke_workflow_builds_the_intervention_tables(tmp_path, tokenizer, tokenizer_dir):
+    from circuit_reuse.integrity import record_digests
     from circuit_reuse.models import ModelSpec, cache_model
 
     smoke = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
@@ -610,6 +611,17 @@ def test_smoke_workflow_builds_the_intervention_tables(tmp_path, tokenizer, toke
     )
     grid = grid.assign(model="tiny-a", task="colored_objects", stage="movers", receivers="logits", position="END")
     write_parquet(tmp_path / "results/patching/tiny-a/colored_objects/movers.parquet", grid)
+    # The jobs that would have written these inputs record their sha256, which the intervention job checks.
+    record_digests(
+        tmp_path / "results" / name
+        for name in (
+            "models/tiny-a/manifest.json",
+            "datasets/colored_objects.jsonl",
+            "circuits/tiny-a/ioi.json",
+            "circuits/tiny-a/colored_objects.json",
+            "patching/tiny-a/colored_objects/movers.parquet",
+        )
+    )
     targets = [f"results/intervention/tiny-a/{name}.parquet" for name in ("accuracy", "movers_spearman")]
     result = subprocess.run(
         [

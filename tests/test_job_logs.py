@@ -1,11 +1,7 @@
-"""What a workflow job prints: one traceback per failure, in its log and on the console; no kernel warnings."""
+"""What a workflow job prints: one traceback per failure, in its log and on the console."""
 
 import subprocess
 import sys
-
-import nbformat
-
-from circuit_reuse.notebooks import run_notebook
 
 FAILING_JOB = """
 from circuit_reuse.workflow import job_logging
@@ -24,13 +20,3 @@ def test_a_failing_job_prints_its_traceback_once_to_the_log_and_once_to_the_cons
     logged = log.read_text()
     assert logged.count("Traceback") == 1 and "ValueError: the job's own error" in logged
     assert logged.startswith("working\n")
-
-
-def test_notebooks_run_without_transport_warnings(tmp_path, capfd):
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell("x = 1 + 1\nx")]
-    nbformat.write(notebook, tmp_path / "tiny.ipynb")
-    executed = run_notebook(tmp_path / "tiny.ipynb", tmp_path / "out.ipynb", {}, cwd=tmp_path)
-    assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["data"]["text/plain"] == "2"
-    captured = capfd.readouterr()
-    assert "without encryption" not in captured.err + captured.out
