@@ -96,10 +96,10 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
     lines = [_describe(error) for error in errors] + source_key_problems(config, schema)
     if not lines:  # the checks across keys assume every key has the type the schema gives it
+        _fill_task_stages(filled)
         lines = config_problems(filled)
     if lines:
         raise ConfigError("invalid config:\n  " + "\n  ".join(dict.fromkeys(lines)))
-    _fill_task_stages(filled)
     return _canonical_order(filled)
 
 

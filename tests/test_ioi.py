@@ -166,8 +166,8 @@ def test_other_bad_vocabularies(tok):
         generate_records("ioi", 5, 0, tok, names=["Mary", "John", "Tom", "Amy", "Mary", "Bob"])
     with pytest.raises(DatasetError, match="empty"):
         generate_records("ioi", 5, 0, tok, templates=[])
-    with pytest.raises(DatasetError, match="unknown task 'greater_than'"):
-        generate_records("greater_than", 5, 0, tok)
+    with pytest.raises(DatasetError, match="unknown task 'no_such_task'"):
+        generate_records("no_such_task", 5, 0, tok)
 
 
 def test_user_templates_and_vocabulary(tok):

@@ -81,9 +81,9 @@ def test_a_trained_model_config_is_valid_and_gets_the_recipe_defaults():
 
 def test_unknown_training_task_is_named():
     config = _config()
-    config["models"]["org"]["training"]["tasks"]["greater_than"] = 1
+    config["models"]["org"]["training"]["tasks"]["no_such_task"] = 1
     message = _error(config)
-    assert "models.org.training.tasks" in message and "greater_than" in message
+    assert "models.org.training.tasks" in message and "no_such_task" in message
 
 
 def test_head_count_that_does_not_divide_the_width_is_named():
@@ -138,7 +138,7 @@ def test_the_recipe_and_the_schema_know_the_same_keys():
 
 def test_the_recipe_refuses_what_the_schema_refuses_when_used_without_it():
     with pytest.raises(TrainingError, match="training.tasks: unknown task"):
-        TrainingRecipe.from_config({**TINY_TRAINING, "tasks": {"greater_than": 1}})
+        TrainingRecipe.from_config({**TINY_TRAINING, "tasks": {"no_such_task": 1}})
     with pytest.raises(TrainingError, match="training.tasks.ioi: the weight must be >= 0"):
         TrainingRecipe.from_config({**TINY_TRAINING, "tasks": {"ioi": -1}})
     with pytest.raises(TrainingError, match="training.steps: must be at least 1"):
