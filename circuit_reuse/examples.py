@@ -32,6 +32,7 @@ EXAMPLE_PATTERNS = (
         f"intervention/*/{name}.parquet"
         for name in ("accuracy", "controls", "controls_summary", "movers", "movers_spearman")
     ),
+    *(f"faithfulness/*/*.{name}.parquet" for name in ("summary", "curve", "prompts")),
 )
 # Scores are float32 sums; two exact implementations differ by up to 4e-5 (README, "How fast").
 TOLERANCE = 1e-4
@@ -44,9 +45,11 @@ def example_files(results: str | Path) -> list[str]:
 
 
 def copy_examples(results: str | Path, example_data: str | Path) -> list[str]:
-    """Replace the files of `example_data` with the example files of a run's `results`; return them."""
+    """Replace the example files of `example_data` with those of a run's `results`; return them. Files no
+    pattern names (an organisms run's training curve) stay."""
     results, example_data = Path(results), Path(example_data)
-    shutil.rmtree(example_data, ignore_errors=True)
+    for name in example_files(example_data):
+        (example_data / name).unlink()
     files = example_files(results)
     for name in files:
         (example_data / name).parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +60,8 @@ def copy_examples(results: str | Path, example_data: str | Path) -> list[str]:
 def readme_figures(figures: str | Path, model: str, task: str) -> list[str]:
     """The PNGs of a run's figures/ that the README shows: every whole-run figure, and one model's head
     grid (on `task`), overlap and movers; as paths relative to `figures`."""
-    names = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison"]
-    names += [f"head_grids/{model}.{task}", f"overlap/{model}", f"movers/{model}"]
+    names = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
+    names += [f"head_grids/{model}.{task}", f"overlap/{model}", f"movers/{model}", f"faithfulness/{model}"]
     return [f"{name}.png" for name in names if (Path(figures) / f"{name}.png").is_file()]
 
 

@@ -21,10 +21,13 @@ def run(tmp_path):
 
 def test_examples_are_the_files_the_notebooks_read(run, tmp_path):
     assert example_files(run) == ["circuits/m/ioi.json", "patching/m/ioi/movers.parquet", "tables/baselines.parquet"]
-    (tmp_path / "examples" / "stale").mkdir(parents=True)
+    write_json(tmp_path / "examples/circuits/m/gone.json", {})  # an example of a task the run no longer has
+    (tmp_path / "examples/training").mkdir(parents=True)
+    (tmp_path / "examples/training/organism.training_curve.csv").write_text("step\n1\n")  # another run's
     copy_examples(run, tmp_path / "examples")
     assert example_files(tmp_path / "examples") == example_files(run)
-    assert not (tmp_path / "examples" / "stale").exists()
+    assert not (tmp_path / "examples/circuits/m/gone.json").exists()
+    assert (tmp_path / "examples/training/organism.training_curve.csv").read_text() == "step\n1\n"
     assert example_drift(tmp_path / "examples", run) == []
 
 

@@ -124,7 +124,8 @@ def test_driver_runs_each_replicate_with_its_seeds_and_one_model_cache(tmp_path,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[replicate 2/2] seed offset 1 (ioi 1, colored_objects 43, greater_than 1, world_capitals 1)" in result.stdout
+    seeds_line = "[replicate 2/2] seed offset 1 (ioi 1, colored_objects 43, greater_than 1, world_capitals 1)"
+    assert seeds_line in result.stdout
     for offset, seeds in ((0, (0, 42)), (1, (1, 43))):
         run = replicate_dir(out, offset)
         assert load_dataset(run / "results/datasets/ioi.jsonl").meta["seed"] == seeds[0]
