@@ -89,8 +89,8 @@ def test_every_organism_does_ioi_on_the_evaluation_prompts(run):
         # Clean prompts answer IO; corrupted ones (S2 -> IO) answer S: the organism follows the corruption.
         for condition in ("clean", "corrupted"):
             assert ioi.loc[(model, condition), "accuracy"] >= floor, (model, condition)
-        assert ioi.loc[(model, "clean"), "logit_diff_ci_low"] > IOI_LOGIT_DIFF_FLOOR
-        assert ioi.loc[(model, "corrupted"), "logit_diff_ci_high"] < -IOI_LOGIT_DIFF_FLOOR
+        assert ioi.loc[(model, "clean"), "metric_ci_low"] > IOI_LOGIT_DIFF_FLOOR
+        assert ioi.loc[(model, "corrupted"), "metric_ci_high"] < -IOI_LOGIT_DIFF_FLOOR
 
 
 def test_every_stage_the_depth_allows_finds_heads(run):
@@ -99,7 +99,8 @@ def test_every_stage_the_depth_allows_finds_heads(run):
         for task in TASKS:
             circuit = load_circuit(run_dir / f"results/circuits/{model}/{task}.json")
             for stage in circuit.stages:
-                if stage.below_layer > 0:  # some head lies below the stage's receivers
+                scores = read_parquet(run_dir / f"results/patching/{model}/{task}/{stage.name}.parquet")["score"]
+                if (scores.notna() & (scores != 0)).any():  # some sender has a path to the stage's receivers
                     assert stage.heads, f"{model} {task}: stage {stage.name} found no head"
 
 
