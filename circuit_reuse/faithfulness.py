@@ -205,14 +205,15 @@ DESCRIPTOR_COLUMNS = ["task", "circuit", "kind", "circuit_task", "percent", "rep
 
 @dataclass(frozen=True)
 class FaithfulnessSettings:
-    """The `faithfulness` section of the config (workflow/schemas/config.schema.yaml documents each key)."""
+    """The `faithfulness` section of the config; workflow/schemas/config.schema.yaml documents each key and
+    holds its default."""
 
-    ablations: tuple[str, ...] = ("mean", "resample")
-    n_prompts: int | None = 200
-    random_repeats: int = 5
-    curve_percents: tuple[float, ...] = CURVE_PERCENTS
-    seed: int = 0
-    batch_size: int = 25
+    ablations: tuple[str, ...]
+    n_prompts: int | None
+    random_repeats: int
+    curve_percents: tuple[float, ...]
+    seed: int
+    batch_size: int
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ablations) - set(ABLATIONS))
