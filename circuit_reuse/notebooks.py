@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
+
+class EncryptedKernelManager(AsyncKernelManager):
+    """A kernel manager that gives each kernel CurveZMQ keys when its kernelspec supports them.
+
+    Kernels talk to papermill over local TCP sockets; with keys the traffic is encrypted and the kernel does
+    not warn, on every notebook, that it runs over TCP in plain text. IPC sockets would avoid the warning
+    too, but two kernels started at once (parallel notebook jobs) crossed messages over them.
+    """
+
+    @default("transport_encryption")
+    def _encrypt_when_supported(self) -> str:
+        return "auto"
 
 
 def run_notebook(
@@ -37,5 +52,6 @@ def run_notebook(
         kernel_name="python3",
         progress_bar=False,
         log_output=False,
+        kernel_manager_class=EncryptedKernelManager,
     )
     return executed

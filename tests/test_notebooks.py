@@ -4,6 +4,7 @@ and writes the figure and table its parameters name; the figure and table writer
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import nbformat
 import pandas as pd
 import papermill
 import pytest
@@ -31,6 +32,16 @@ def test_notebook_runs_with_its_defaults(name, tmp_path):
     if "table" in outputs:
         assert len(pd.read_csv(tmp_path / "table.csv")) > 0
         assert "\\begin{table}" in (tmp_path / "table.tex").read_text()
+
+
+def test_a_notebook_kernel_runs_encrypted_and_without_transport_warnings(tmp_path, capfd):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("answer = 6 * 7\nprint(answer)")]
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    executed = run_notebook(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {}, cwd=tmp_path)
+    assert nbformat.read(executed, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    # The kernel is a child process writing to this process's stderr, where its warnings would land.
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def _figure():
