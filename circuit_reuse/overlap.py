@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_reuse.circuits import Circuit, Head, select_heads
+from circuit_reuse.statistics import percentile_interval
 
 TOP_LOGIT_HEADS = 10  # the paper's appendix compares the top-10 heads of the logits stage in GPT-2 large and XL
 
@@ -164,7 +165,7 @@ def chance_overlap(
             for _ in range(repeats)
         ]
     )
-    low, high = np.percentile(draws, [2.5, 97.5])
+    low, high = percentile_interval(draws, 0.95)
     return {
         "chance_iou_mean": float(draws.mean()),
         "chance_iou_low": float(low),

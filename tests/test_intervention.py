@@ -48,7 +48,6 @@ from circuit_reuse.intervention import (
 )
 from circuit_reuse.io import read_parquet, write_json, write_parquet
 from circuit_reuse.readouts import mover_readouts, mover_spearman
-from circuit_reuse.statistics import bootstrap_accuracy, spearman
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -280,7 +279,7 @@ def _table(conditions: dict[str, list[int]]) -> pd.DataFrame:
     for name, correct in conditions.items():
         for prompt, c in enumerate(correct):
             rows.append(
-                {"condition": name, "prompt": prompt, "correct": bool(c), "metric": float(c), "answer_prob": 0.1}
+                {"condition": name, "prompt": prompt, "correct": bool(c), "metric": float(c), "prob_target": 0.1}
             )
     return pd.DataFrame(rows)
 
@@ -304,17 +303,6 @@ def test_accuracy_fixed_and_introduced_prompt_by_prompt():
     assert both.tolist() == [
         "still_correct", "fixed", "fixed", "still_wrong", "introduced", "fixed", "still_correct", "fixed",
     ]  # fmt: skip
-
-
-def test_bootstrap_is_deterministic_for_a_seed_and_paired():
-    correct = np.array([[1, 0, 1, 1, 0, 1, 0, 0, 1, 1], [1, 0, 1, 1, 0, 1, 0, 0, 1, 1]], dtype=float)
-    a, b = bootstrap_accuracy(correct, 1000, seed=3), bootstrap_accuracy(correct, 1000, seed=3)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, bootstrap_accuracy(correct, 1000, seed=4))
-    np.testing.assert_array_equal(a[0], a[1])  # the same resamples for every condition
-    assert abs(a[0].mean() - 0.6) < 0.02
-    # Chunking the draws does not change them.
-    np.testing.assert_array_equal(a, bootstrap_accuracy(correct, 1000, seed=3, chunk=7))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,12 +426,7 @@ def test_mover_readouts_average_and_compare_with_the_baseline():
     assert movers.loc[("none", 3, 1), "d_dla"] == 0
 
 
-def test_spearman_on_known_data():
-    rho, p, n = spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])
-    assert rho == pytest.approx(8 / math.sqrt(95)) and n == 5 and 0 < p < 1
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1])[0] == pytest.approx(-1.0)
-    assert spearman([1, 2, np.nan, 4, 5], [1, 2, 3, 4, 5])[2] == 4
-    assert math.isnan(spearman([1, 2], [1, 2])[0]) and math.isnan(spearman([1, 1, 1], [1, 2, 3])[0])
+def test_mover_spearman_ranks_each_change_against_importance():
     movers = pd.DataFrame(
         {
             "condition": ["none"] * 4 + ["both"] * 4,
