@@ -30,7 +30,6 @@ from circuit_reuse.patching import (
 )
 from circuit_reuse.tasks import get_task
 
-COMPONENTS = ("q", "k", "v")
 QUESTION_SPAN = "question"
 
 

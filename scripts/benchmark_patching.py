@@ -35,7 +35,7 @@ import torch
 
 from circuit_reuse import patching
 from circuit_reuse.datasets import make_dataset
-from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, resolve_tokenizer_dir
+from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
 
 ARCHITECTURE = "gpt2-medium"
 # q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17), at END.
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
             task: make_dataset(task, args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
             for task in dict.fromkeys(STAGES[stage][3] for stage in stages)
         }
-        device = patching._model_device(model)
+        device = model_device(model)
         print(
             f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
             f"d_model {model.cfg.d_model}), {shape_note}"
