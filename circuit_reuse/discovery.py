@@ -160,13 +160,6 @@ def scores_table(grid: np.ndarray, **columns: Any) -> pd.DataFrame:
     return table
 
 
-def grid_from_table(table: pd.DataFrame) -> np.ndarray:
-    n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
-    grid = np.full((n_layers, n_heads), np.nan)
-    grid[table["layer"].to_numpy(), table["head"].to_numpy()] = table["score"].to_numpy()
-    return grid
-
-
 def selected_heads(grid: np.ndarray, selection: Mapping[str, Any]) -> list[Head]:
     return select_heads(grid, top_percent=selection.get("top_percent"), threshold=selection.get("threshold"))
 

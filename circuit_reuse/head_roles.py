@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -125,11 +124,3 @@ def label_role(stage_kind: str, score: float, evidence: dict[str, float]) -> str
         best = max(DETECTORS, key=lambda d: evidence.get(d, float("-inf")))
         return best if evidence.get(best, float("-inf")) >= DETECTOR_MIN_SCORE else "other"
     raise ValueError(f"unknown stage kind {stage_kind!r}; expected logits, query or key_value")
-
-
-def detector_grid(table: pd.DataFrame, column: str) -> np.ndarray:
-    """A [layer, head] grid of one column of a per-head table."""
-    n_layers, n_heads = table["layer"].max() + 1, table["head"].max() + 1
-    grid = np.full((n_layers, n_heads), np.nan)
-    grid[table["layer"], table["head"]] = table[column]
-    return grid

@@ -32,24 +32,13 @@ from circuit_reuse.circuits import Head, heads_label
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.edits import BASELINE, Block, Condition, EditError, Override, check_heads
 from circuit_reuse.evaluation import run_conditions, run_conditions_with_readouts
+from circuit_reuse.paper import PAPER_CONDITIONS
 from circuit_reuse.readouts import mover_readouts, mover_spearman
 from circuit_reuse.statistics import bootstrap_means, keyed_rng, percentile_interval
 from circuit_reuse.tasks import intervention_plan, registered_tasks
 
 BLOCK_CONDITION = "content_gatherers_blocked"
 HEAD_SETS = ("inhibition", "negative_mover", "content_gatherers", "movers")
-
-# The GPT-2 medium heads and conditions of the paper's intervention.
-PAPER_HEADS: dict[str, tuple[Head, ...]] = {
-    "inhibition": ((12, 3), (13, 4), (13, 13)),
-    "negative_mover": ((19, 1),),
-    "content_gatherers": ((11, 6), (11, 7), (12, 15)),
-}
-PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
-    "inhibition": ("inhibition",),
-    "negative_mover": ("negative_mover",),
-    "both": ("inhibition", "negative_mover"),
-}
 
 
 class InterventionError(EditError):
@@ -140,7 +129,6 @@ def accuracy_table(
 
 
 def random_head_sets(
-    n_layers: int,
     n_heads: int,
     heads: Sequence[Head],
     repeats: int,
@@ -189,9 +177,7 @@ def random_head_controls(
     Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_metric,
     mean_answer_prob, and, given the baseline's per-prompt correctness, fixed and introduced.
     """
-    sets = random_head_sets(
-        model.cfg.n_layers, model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name
-    )
+    sets = random_head_sets(model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name)
     rows = []
     for repeat, chosen in enumerate(sets):
         control = condition.remap(
