@@ -113,7 +113,8 @@ def end_logits(model: Any, tokens: torch.Tensor, end: torch.Tensor, hooks: Seque
 
 def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
     """The dataset's own metric of each prompt from its logits at END."""
-    return batch.metric(logits_at_end, batch.metric_tokens.to(logits_at_end.device), batch.metric_weights)
+    device = logits_at_end.device
+    return batch.metric(logits_at_end, batch.metric_tokens.to(device), batch.metric_weights.to(device))
 
 
 def end_columns(logits: torch.Tensor, batch: TaskDataset, prompts: str, tokenizer: Any = None) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def end_columns(logits: torch.Tensor, batch: TaskDataset, prompts: str, tokenize
     return {
         "answer": batch.answer_tokens[:, 0].numpy(),
         "wrong": batch.answer_tokens[:, 1].numpy(),
-        "metric": batch.metric(logits, tokens, weights).cpu().numpy(),
+        "metric": task_metric(logits, batch).cpu().numpy(),
         "logit_target": logit_target.cpu().numpy(),
         "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).cpu().numpy(),
         "top_token": top.cpu().numpy(),

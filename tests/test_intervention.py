@@ -309,8 +309,9 @@ def test_accuracy_fixed_and_introduced_prompt_by_prompt():
 
 
 def test_random_heads_are_seeded_matched_and_never_the_intervened_ones():
-    heads = [(12, 3), (13, 4), (13, 13), (19, 1)]
-    exclude = [(11, 6), (15, 2)]
+    medium = PAPER_HEADS["gpt2-medium"]  # the paper's "both" condition in a GPT-2 medium-sized model
+    heads = [*medium["inhibition"], *medium["negative_mover"]]
+    exclude = [*medium["content_gatherers"], (15, 2)]
     first = random_head_sets(16, heads, repeats=20, seed=5, exclude=exclude, key="both")
     assert first == random_head_sets(16, heads, repeats=20, seed=5, exclude=exclude, key="both")
     assert first != random_head_sets(16, heads, repeats=20, seed=6, exclude=exclude, key="both")
