@@ -18,7 +18,6 @@ circuit's heads are kept while the other task's prompts, metric and reference di
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,14 +29,15 @@ from tqdm.auto import tqdm
 
 from circuit_reuse.ablation import (
     ABLATIONS,
-    ablated_end_logits,
-    check_heads,
     reference_outputs,
     replacement_outputs,
 )
+from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
+from circuit_reuse.edits import ablation_hooks, check_heads
+from circuit_reuse.evaluation import end_logits, task_metric
+from circuit_reuse.statistics import keyed_rng
 
-Head = tuple[int, int]
 CURVE_PERCENTS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 PROMPT_COLUMNS = ["circuit", "n_heads", "ablation", "prompt", "metric_circuit", "metric_model", "metric_empty", "f"]
 SUMMARY_COLUMNS = [
@@ -48,11 +48,6 @@ SUMMARY_COLUMNS = [
 
 class FaithfulnessError(ValueError):
     """A faithfulness run was asked for with inputs that do not define it."""
-
-
-def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
-    """The dataset's own metric of each prompt from its logits at END."""
-    return batch.metric(logits_at_end, batch.metric_tokens, batch.metric_weights)
 
 
 @torch.no_grad()
@@ -76,7 +71,7 @@ def faithfulness_per_prompt(
         raise FaithfulnessError("no circuits to evaluate")
     kept = {}
     for name, heads in circuits.items():
-        kept[name] = check_heads(heads, cfg.n_layers, cfg.n_heads)
+        kept[name] = frozenset(check_heads(heads, cfg.n_layers, cfg.n_heads))
         if not kept[name]:
             raise FaithfulnessError(f"circuit {name!r} is empty: faithfulness is defined for a circuit with heads")
     every_head = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
@@ -113,7 +108,9 @@ def faithfulness_per_prompt(
 
 
 def _measure(model, batch: TaskDataset, keep, replacement: torch.Tensor) -> torch.Tensor:
-    return task_metric(ablated_end_logits(model, batch.clean_tokens, batch.end, keep, replacement), batch)
+    """The task's metric at END of each prompt of `batch`, every head outside `keep` replaced: [batch], CPU."""
+    hooks = ablation_hooks(keep, replacement, model.cfg.n_layers, model.cfg.n_heads)
+    return task_metric(end_logits(model, batch.clean_tokens, batch.end, hooks), batch).cpu()
 
 
 def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
@@ -160,7 +157,7 @@ def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int
         raise FaithfulnessError("random circuits are matched to a circuit, and this one is empty")
     circuits = []
     for repeat in range(repeats):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode()), repeat]))
+        rng = keyed_rng(seed, key, repeat)
         chosen = [
             (layer, int(head))
             for layer, count in sorted(per_layer.items())
