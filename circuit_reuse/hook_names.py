@@ -33,16 +33,6 @@ def mlp_output(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
 
-def residual_pre(layer: int) -> str:
-    """The residual stream entering the block: [batch, pos, d_model]."""
-    return f"blocks.{layer}.hook_resid_pre"
-
-
-def residual_mid(layer: int) -> str:
-    """The residual stream after the block's attention, before its MLP: [batch, pos, d_model]."""
-    return f"blocks.{layer}.hook_resid_mid"
-
-
 def residual_post(layer: int) -> str:
     """The residual stream leaving the block: [batch, pos, d_model]."""
     return f"blocks.{layer}.hook_resid_post"
