@@ -8,6 +8,8 @@
   matrix behind the circuits' copy scores), as a long [answer x answer] logit table, and per head its copy
   score, negative copy score and the mean rank of each answer's own logit: the embedding-projection plots
   the paper shows for the inhibition and mover heads.
+- `intervention_reads`: the intervention's conditions and edited heads for one model, planned as the
+  intervention experiment plans them, so its target task's heads are read under the same edits.
 - `mechanism_tables`: both for every task's circuit in one model, as the tidy tables the workflow writes.
 """
 
@@ -24,9 +26,16 @@ import torch
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
 from circuit_reuse.head_roles import copy_fractions, distinct_tokens, ov_answer_logits
-from circuit_reuse.intervention import BASELINE, Condition, run_conditions_with_readouts
+from circuit_reuse.intervention import (
+    BASELINE,
+    Condition,
+    InterventionSettings,
+    plan_conditions,
+    resolve_head_sets,
+    run_conditions_with_readouts,
+)
 
-MECHANISM_TABLES = ("attention", "copy", "ov")
+MECHANISM_TABLES = ("attention", "copy_scores", "ov")
 ATTENTION_COLUMNS = [
     "task", "condition", "layer", "head", "role", "source", "key_role", "n_prompts", "attention", "attention_sem",
 ]  # fmt: skip
@@ -74,6 +83,21 @@ def _head_labels(heads: Sequence[ReadHead]) -> pd.DataFrame:
         {"layer": [r.layer for r in heads], "head": [r.head for r in heads], "role": [r.role for r in heads],
          "source": [r.source for r in heads]}
     )  # fmt: skip
+
+
+def intervention_reads(
+    section: Mapping[str, Any],
+    circuits: Mapping[str, Mapping[str, Any] | None],
+    n_layers: int,
+    n_heads: int,
+    where: str,
+) -> tuple[list[Condition], dict[str, list[Head]]]:
+    """The conditions the intervention runs (the baseline first; skipped ones left out) and its head sets
+    {set: heads}, from one model's `intervention` section (`intervention.model_section`) and the circuits."""
+    settings = InterventionSettings.from_config(section)
+    sets = resolve_head_sets(section["heads"], circuits, n_layers, n_heads, settings.mover_stage, where=where)
+    conditions = [plan.condition for plan in plan_conditions(sets, settings) if plan.condition is not None]
+    return conditions, {name: head_set.heads for name, head_set in sets.items()}
 
 
 def attention_to_roles(
@@ -192,7 +216,7 @@ def mechanism_tables(
         ov.append(task_ov)
     return {
         "attention": _concat(attention, ATTENTION_COLUMNS),
-        "copy": _concat(copy, COPY_COLUMNS),
+        "copy_scores": _concat(copy, COPY_COLUMNS),
         "ov": _concat(ov, OV_COLUMNS),
     }
 

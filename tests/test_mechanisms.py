@@ -126,5 +126,5 @@ def test_mechanism_tables_cover_every_task_and_keep_empty_ones_shaped(tiny_model
     datasets = {"toy": _dataset(), "other": _dataset(task="other")}
     heads = {"toy": [ReadHead(0, 0, "mover")], "other": []}
     tables = mechanism_tables(tiny_model, datasets, heads, {})
-    assert set(tables["attention"]["task"]) == {"toy"} and set(tables["copy"]["task"]) == {"toy"}
+    assert set(tables["attention"]["task"]) == {"toy"} and set(tables["copy_scores"]["task"]) == {"toy"}
     assert all(isinstance(t, pd.DataFrame) for t in tables.values())
