@@ -25,15 +25,10 @@ import torch
 
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
+from circuit_reuse.edits import BASELINE, Condition
+from circuit_reuse.evaluation import run_conditions_with_readouts
 from circuit_reuse.head_roles import copy_fractions, distinct_tokens, ov_answer_logits
-from circuit_reuse.intervention import (
-    BASELINE,
-    Condition,
-    InterventionSettings,
-    plan_conditions,
-    resolve_head_sets,
-    run_conditions_with_readouts,
-)
+from circuit_reuse.intervention import InterventionSettings, plan_conditions, resolve_head_sets
 
 MECHANISM_TABLES = ("attention", "copy_scores", "ov")
 ATTENTION_COLUMNS = [

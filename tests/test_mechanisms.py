@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from circuit_reuse.datasets import from_records
+from circuit_reuse.edits import BASELINE, Condition, Override
 from circuit_reuse.head_roles import attention_share, copy_scores
-from circuit_reuse.intervention import BASELINE, Condition, Override
 from circuit_reuse.mechanisms import (
     ATTENTION_COLUMNS,
     ReadHead,
