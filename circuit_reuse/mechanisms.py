@@ -87,12 +87,14 @@ def intervention_reads(
     n_heads: int,
     where: str,
 ) -> tuple[list[Condition], dict[str, list[Head]]]:
-    """The conditions the intervention runs (the baseline first; skipped ones left out) and its head sets
-    {set: heads}, from one model's `intervention` section (`intervention.model_section`) and the circuits."""
+    """The conditions the intervention runs (the baseline first; skipped ones left out) and the heads they
+    edit, by head set {set: heads}, from one model's `intervention` section (`intervention.model_section`)
+    and the circuits. The movers, which the intervention reads but never edits, are not among them."""
     settings = InterventionSettings.from_config(section)
     sets = resolve_head_sets(section["heads"], circuits, n_layers, n_heads, settings.mover_stage, where=where)
     conditions = [plan.condition for plan in plan_conditions(sets, settings) if plan.condition is not None]
-    return conditions, {name: head_set.heads for name, head_set in sets.items()}
+    edited = {head for condition in conditions for head in condition.heads}
+    return conditions, {name: [h for h in s.heads if h in edited] for name, s in sets.items()}
 
 
 def attention_to_roles(

@@ -16,6 +16,7 @@ from circuit_reuse.mechanisms import (
     attention_to_roles,
     circuit_read_heads,
     diagonal_rank,
+    intervention_reads,
     mechanism_tables,
     ov_copy_tables,
     with_edited_heads,
@@ -128,3 +129,11 @@ def test_mechanism_tables_cover_every_task_and_keep_empty_ones_shaped(tiny_model
     tables = mechanism_tables(tiny_model, datasets, heads, {})
     assert set(tables["attention"]["task"]) == {"toy"} and set(tables["copy_scores"]["task"]) == {"toy"}
     assert all(isinstance(t, pd.DataFrame) for t in tables.values())
+
+
+def test_the_intervention_reads_its_conditions_and_the_heads_they_edit():
+    heads = {"inhibition": [[1, 0]], "negative_mover": [], "content_gatherers": [[0, 1]], "movers": [[2, 3]]}
+    conditions, edited = intervention_reads({"heads": heads}, {}, n_layers=3, n_heads=4, where="test")
+    # the paper's conditions: negative_mover has no heads and is skipped, both runs on the inhibition heads
+    assert [c.name for c in conditions] == ["none", "inhibition", "both", "content_gatherers_blocked"]
+    assert edited == {"inhibition": [(1, 0)], "negative_mover": [], "content_gatherers": [(0, 1)], "movers": []}
