@@ -28,7 +28,7 @@ the object the corrupted question asks about).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,8 @@ import torch
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets.core import DatasetError, TaskDataset
 from circuit_reuse.datasets.vocab import encode
-from circuit_reuse.edits import Condition, EditError, heads_by_layer
+from circuit_reuse.edits import Condition, EditError, Hook, heads_by_layer
+from circuit_reuse.models import model_device
 from circuit_reuse.readouts import head_rows, readout_hooks, readout_weights
 from circuit_reuse.statistics import bootstrap_ci
 
@@ -56,13 +57,6 @@ SUMMARY_COLUMNS = [
     "prob_target_mean",
     "beats_distractor_rate",
 ]
-
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
 
 
 def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
@@ -105,23 +99,84 @@ def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
 
 
 @torch.no_grad()
-def end_logits(
-    model: Any, tokens: torch.Tensor, end: torch.Tensor, batch_size: int = 32, desc: str = "", progress=True
-):
-    """Logits at each prompt's END position, [n, d_vocab] float32 on the CPU, in batches with a progress bar."""
+def end_logits(model: Any, tokens: torch.Tensor, end: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+    """One batch's logits at each prompt's END under `hooks`: [batch, d_vocab], float64, on the model's device.
+
+    Prompts are right-padded; the batch is trimmed to its longest prompt, and causal attention keeps END
+    blind to the padding after it.
+    """
+    width = int(end.max()) + 1
+    logits = model.run_with_hooks(tokens[:, :width].to(model_device(model)), fwd_hooks=list(hooks))
+    rows = torch.arange(tokens.shape[0], device=logits.device)
+    return logits[rows, end.to(logits.device)].double()
+
+
+def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
+    """The dataset's own metric of each prompt from its logits at END."""
+    device = logits_at_end.device
+    return batch.metric(logits_at_end, batch.metric_tokens.to(device), batch.metric_weights.to(device))
+
+
+def end_columns(logits: torch.Tensor, batch: TaskDataset, prompts: str, tokenizer: Any = None) -> dict[str, Any]:
+    """The per-prompt columns of the module doc, from one batch's logits at END ([batch, d_vocab]).
+
+    `prompts` says which prompts ran: "clean" (the positive-weight metric tokens are the targets) or
+    "corrupted" (the negative-weight ones are).
+    """
+    if prompts not in CONDITIONS:
+        raise ValueError(f"prompts must be one of {CONDITIONS}, not {prompts!r}")
+    logits = logits.double()
+    tokens = batch.metric_tokens.to(logits.device)
+    weights = batch.metric_weights.to(logits.device)
+    targets = weights > 0 if prompts == "clean" else weights < 0
+    distractors = (weights != 0) & ~targets
+    picked = logits.gather(1, tokens)
+    logit_target = picked.masked_fill(~targets, -math.inf).max(dim=1).values
+    logit_distractor = picked.masked_fill(~distractors, -math.inf).max(dim=1).values
+    probs = torch.softmax(logits, dim=-1)
+    top = logits.argmax(dim=-1)
+    return {
+        "answer": batch.answer_tokens[:, 0].numpy(),
+        "wrong": batch.answer_tokens[:, 1].numpy(),
+        "metric": task_metric(logits, batch).cpu().numpy(),
+        "logit_target": logit_target.cpu().numpy(),
+        "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).cpu().numpy(),
+        "top_token": top.cpu().numpy(),
+        "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
+        "target_rank": (logits > logit_target[:, None]).sum(dim=-1).cpu().numpy(),
+        "correct": ((tokens == top[:, None]) & targets).any(dim=1).cpu().numpy(),
+        "beats_distractor": (logit_target > logit_distractor).cpu().numpy(),
+    }
+
+
+def _end_tables(
+    model: Any,
+    dataset: TaskDataset,
+    runs: Sequence[tuple[str, str, Callable[[TaskDataset], list[Hook]]]],
+    batch_size: int,
+    progress: bool,
+    after_batch: Callable[[str, TaskDataset, np.ndarray], None] | None = None,
+) -> pd.DataFrame:
+    """The evaluator every table of this module comes from: for each run (condition name, which prompts,
+    the hooks for a batch), every prompt in batches, one row per prompt: task, prompt, condition,
+    metric_name and `end_columns`. `after_batch(condition, batch, prompt indices)` is called after each
+    batch's forward pass (readouts collect what the hooks recorded)."""
     from tqdm.auto import tqdm
 
-    device = model_device(model)
-    out = []
-    starts = range(0, tokens.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        batch = tokens[start : start + batch_size]
-        # Right padding: trim to this batch's longest prompt; causal attention keeps END blind to padding.
-        width = int(end[start : start + batch_size].max()) + 1
-        logits = model(batch[:, :width].to(device))
-        rows = torch.arange(batch.shape[0], device=logits.device)
-        out.append(logits[rows, end[start : start + batch_size].to(logits.device)].float().cpu())
-    return torch.cat(out)
+    tokenizer = getattr(model, "tokenizer", None)
+    frames = []
+    for condition, prompts, hooks in runs:
+        starts = range(0, len(dataset), batch_size)
+        for start in tqdm(starts, desc=f"{dataset.task} {condition}", unit="batch", disable=not progress):
+            batch = dataset.subset(slice(start, start + batch_size))
+            tokens = batch.clean_tokens if prompts == "clean" else batch.corrupted_tokens
+            logits = end_logits(model, tokens, batch.end, hooks(batch))
+            index = np.arange(start, start + len(batch))
+            columns = {"task": dataset.task, "prompt": index, "condition": condition, "metric_name": batch.metric.name}
+            frames.append(pd.DataFrame({**columns, **end_columns(logits, batch, prompts, tokenizer)}))
+            if after_batch is not None:
+                after_batch(condition, batch, index)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def evaluate(
@@ -136,44 +191,13 @@ def evaluate(
     """
     if check:
         check_tokenizer(model, dataset)
-    metric = dataset.metric
-    tokens, weights = dataset.metric_tokens, dataset.metric_weights
-    tokenizer = getattr(model, "tokenizer", None)
-    rows = torch.arange(len(dataset))
-    frames = []
-    for condition, prompts in (("clean", dataset.clean_tokens), ("corrupted", dataset.corrupted_tokens)):
-        logits = end_logits(model, prompts, dataset.end, batch_size, f"{dataset.task} {condition}", progress)
-        probs = torch.softmax(logits, dim=-1)
-        targets = weights > 0 if condition == "clean" else weights < 0
-        distractors = (weights != 0) & ~targets
-        picked = logits.gather(1, tokens)
-        logit_target = picked.masked_fill(~targets, -math.inf).max(dim=1).values
-        logit_distractor = picked.masked_fill(~distractors, -math.inf).max(dim=1).values
-        top = logits.argmax(dim=-1)
-        frame = pd.DataFrame(
-            {
-                "task": dataset.task,
-                "prompt": rows.numpy(),
-                "condition": condition,
-                "metric_name": metric.name,
-                "answer": dataset.answer_tokens[:, 0].numpy(),
-                "wrong": dataset.answer_tokens[:, 1].numpy(),
-                "metric": metric(logits, tokens, weights).numpy(),
-                "logit_target": logit_target.numpy(),
-                "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).numpy(),
-                "top_token": top.numpy(),
-                "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
-                "target_rank": (logits > logit_target[:, None]).sum(dim=-1).numpy(),
-                "correct": ((tokens == top[:, None]) & targets).any(dim=1).numpy(),
-                "beats_distractor": (logit_target > logit_distractor).numpy(),
-            }
-        )
-        frame["text"] = [r.get(f"{condition}_text") for r in dataset.records] if dataset.records else None
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
+    table = _end_tables(model, dataset, [(c, c, lambda batch: []) for c in CONDITIONS], batch_size, progress)
     if dataset.records:
+        table["text"] = [r.get(f"{c}_text") for c in CONDITIONS for r in dataset.records]
         for key, values in _scalar_fields(dataset.records, set(table.columns)).items():
             table[key] = values * len(CONDITIONS)
+    else:
+        table["text"] = None
     return table
 
 
@@ -225,13 +249,8 @@ def summarize(
 # Prompts under attention edits (circuit_reuse.edits), with optional per-head readouts
 
 
-def _batches(dataset: TaskDataset, batch_size: int) -> Iterator[tuple[int, TaskDataset]]:
-    for start in range(0, len(dataset), batch_size):
-        yield start, dataset.subset(slice(start, start + batch_size))
-
-
 @torch.no_grad()
-def _evaluate_conditions(
+def _run_conditions(
     model,
     dataset: TaskDataset,
     conditions: Sequence[Condition],
@@ -240,52 +259,32 @@ def _evaluate_conditions(
     readout_roles: Sequence[str],
     progress: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from tqdm.auto import tqdm
-
-    device = model_device(model)
-    readout_layers = heads_by_layer(readout_heads)
-    weights = readout_weights(model) if readout_heads else None
-    prompt_parts, head_parts = [], []
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise EditError(f"condition names must be unique: {names}")
-    for condition in conditions:
-        n_batches = math.ceil(len(dataset) / batch_size)
-        bar = tqdm(_batches(dataset, batch_size), total=n_batches, desc=condition.name, disable=not progress)
-        for start, batch in bar:
-            end = batch.end.to(device)
+    readout_layers = heads_by_layer(readout_heads)
+    weights = readout_weights(model) if readout_heads else None
+    device = model_device(model)
+    seen: dict[str, torch.Tensor] = {}
+    head_parts = []
+
+    def hooks_for(condition: Condition) -> Callable[[TaskDataset], list[Hook]]:
+        def hooks(batch: TaskDataset) -> list[Hook]:
+            edits = condition.hooks(batch)
+            if not readout_heads:
+                return edits
+            seen.clear()
             rows = torch.arange(len(batch), device=device)
-            width = int(batch.end.max()) + 1  # right padding after the last END is never read
-            tokens = batch.clean_tokens[:, :width].to(device)
-            hooks = condition.hooks(batch)
-            seen: dict[str, torch.Tensor] = {}
-            if readout_heads:
-                hooks += readout_hooks(readout_layers, rows, end, seen)
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-            final = logits[rows, end].double()
-            answers = batch.answer_tokens.to(device)
-            log_probs = final.log_softmax(-1)
-            predicted = final.argmax(-1)
-            prompts = np.arange(start, start + len(batch))
-            prompt_parts.append(
-                pd.DataFrame(
-                    {
-                        "condition": condition.name,
-                        "prompt": prompts,
-                        "answer_token": answers[:, 0].cpu().numpy(),
-                        "wrong_token": answers[:, 1].cpu().numpy(),
-                        "predicted_token": predicted.cpu().numpy(),
-                        "correct": (predicted == answers[:, 0]).cpu().numpy(),
-                        "metric": batch.metric(final, batch.metric_tokens, batch.metric_weights).cpu().numpy(),
-                        "answer_prob": log_probs[rows, answers[:, 0]].exp().cpu().numpy(),
-                    }
-                )
-            )
-            if readout_heads:
-                head_parts.append(
-                    head_rows(batch, condition.name, prompts, readout_layers, readout_roles, seen, weights)
-                )
-    prompt_table = pd.concat(prompt_parts, ignore_index=True) if prompt_parts else pd.DataFrame()
+            # Readers go after the edits, so they see the pattern the head actually used.
+            return edits + readout_hooks(readout_layers, rows, batch.end.to(device), seen)
+
+        return hooks
+
+    def read(condition: str, batch: TaskDataset, prompts: np.ndarray) -> None:
+        head_parts.append(head_rows(batch, condition, prompts, readout_layers, readout_roles, seen, weights))
+
+    runs = [(c.name, "clean", hooks_for(c)) for c in conditions]
+    prompt_table = _end_tables(model, dataset, runs, batch_size, progress, read if readout_heads else None)
     head_table = pd.concat(head_parts, ignore_index=True) if head_parts else pd.DataFrame()
     return prompt_table, head_table
 
@@ -293,13 +292,13 @@ def _evaluate_conditions(
 def run_conditions(
     model, dataset: TaskDataset, conditions: Sequence[Condition], *, batch_size: int = 50, progress: bool = True
 ) -> pd.DataFrame:
-    """One row per condition and prompt: the prediction at END under that condition's attention edits.
+    """One row per condition and prompt: the clean prompt at END under that condition's edits.
 
-    Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
-    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
-    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer).
+    Columns: task, prompt (index in the dataset), condition (its name), metric_name, answer, wrong, metric,
+    logit_target, prob_target, top_token, top_str, target_rank, correct, beats_distractor: `evaluate`'s,
+    from the same code.
     """
-    return _evaluate_conditions(model, dataset, conditions, batch_size, (), (), progress)[0]
+    return _run_conditions(model, dataset, conditions, batch_size, (), (), progress)[0]
 
 
 def run_conditions_with_readouts(
@@ -319,4 +318,4 @@ def run_conditions_with_readouts(
     `head_logit_attribution`) and dla_answer (the same onto the answer's unembedding alone).
     """
     readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
-    return _evaluate_conditions(model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress)
+    return _run_conditions(model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress)
