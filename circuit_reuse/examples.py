@@ -33,6 +33,7 @@ EXAMPLE_PATTERNS = (
         for name in ("accuracy", "controls", "controls_summary", "movers", "movers_spearman")
     ),
     *(f"faithfulness/*/*.{name}.parquet" for name in ("summary", "curve", "prompts")),
+    *(f"mechanisms/*/{name}.parquet" for name in ("attention", "copy_scores", "ov")),
 )
 # Scores are float32 sums; two exact implementations differ by up to 4e-5 (README, "How fast").
 TOLERANCE = 1e-4
@@ -59,9 +60,10 @@ def copy_examples(results: str | Path, example_data: str | Path) -> list[str]:
 
 def readme_figures(figures: str | Path, model: str, task: str) -> list[str]:
     """The PNGs of a run's figures/ that the README shows: every whole-run figure, and one model's head
-    grid (on `task`), overlap and movers; as paths relative to `figures`."""
+    grid (on `task`), overlap, movers, faithfulness and mechanisms; as paths relative to `figures`."""
     names = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
     names += [f"head_grids/{model}.{task}", f"overlap/{model}", f"movers/{model}", f"faithfulness/{model}"]
+    names += [f"mechanisms/{model}.attention", f"mechanisms/{model}.ov"]
     return [f"{name}.png" for name in names if (Path(figures) / f"{name}.png").is_file()]
 
 

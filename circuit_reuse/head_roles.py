@@ -3,10 +3,11 @@
 - Detector scores on repeated random token sequences (a random sequence of T tokens followed by the
   same T tokens): previous-token (attention from i to i-1), duplicate-token (from a token in the second
   half to its first occurrence, i-T) and induction (to the token after its first occurrence, i-T+1).
-- Copy scores of each head's OV circuit on a task's answer tokens: a token's representation after
-  layer 0 is passed through the head's value and output weights and the final LayerNorm and unembedding;
-  the copy score is the fraction of answer tokens that come out as the largest logit among the answer
-  tokens, the negative copy score the fraction that come out as the smallest.
+- Each head's OV circuit on a task's answer tokens (`ov_answer_logits`): a token's representation after
+  layer 0 is passed through the head's value and output weights and the final LayerNorm and unembedding,
+  giving an [answer x answer] logit matrix per head; the copy score is the fraction of answer tokens that
+  come out as the largest logit among the answer tokens, the negative copy score the fraction that come
+  out as the smallest.
 - Attention shares: how much of a head's attention from one role goes to given positions of the prompt.
 """
 
@@ -54,31 +55,57 @@ def detector_scores(model, seq_len: int = 40, n_sequences: int = 16, seed: int =
     return pd.DataFrame(rows)
 
 
+def distinct_tokens(tokens: list[int] | torch.Tensor) -> list[int]:
+    """The distinct token ids of `tokens`, sorted: the order of both axes of `ov_answer_logits`."""
+    return sorted({int(t) for t in torch.as_tensor(tokens).flatten().tolist()})
+
+
 @torch.no_grad()
-def copy_scores(model, answer_tokens: list[int] | torch.Tensor) -> pd.DataFrame:
-    """Copy and negative copy scores of every head's OV circuit on a set of answer tokens."""
-    answers = torch.as_tensor(sorted(set(int(t) for t in answer_tokens)), device=model_device(model))
+def ov_answer_logits(model, answer_tokens: list[int] | torch.Tensor, heads: list[Head] | None = None) -> torch.Tensor:
+    """What each head's OV circuit writes about each answer token, read on the answer tokens' logits.
+
+    Returns [heads, n, n] (heads in the order given, every head of the model by default; n the
+    `distinct_tokens` of `answer_tokens`): entry [k, i, j] is the logit of answer j when answer i's
+    representation after layer 0 (`blocks.0.hook_resid_post`, the token embedding after the first MLP, as
+    Wang et al. use for GPT-2's copy scores: GPT-2's raw embeddings are read through its first MLP) goes
+    through head k's LayerNorm, W_V (with its bias) and W_O, then the final LayerNorm and the unembedding.
+    A copying head has its row maxima on the diagonal, a negative-copying head its row minima.
+    """
+    answers = torch.as_tensor(distinct_tokens(answer_tokens), device=model_device(model))
     if len(answers) < 2:
         raise ValueError("copy scores need at least two distinct answer tokens")
+    if heads is None:
+        heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     _, cache = model.run_with_cache(answers[:, None], names_filter=lambda name: name == residual_post(0))
     embedded = cache[residual_post(0)][:, 0]  # each token's representation after layer 0
-    expected = torch.arange(len(answers), device=answers.device)
-    rows = []
-    for l in range(model.cfg.n_layers):
-        normalised = model.blocks[l].ln1(embedded)
-        for h in range(model.cfg.n_heads):
-            value = normalised @ model.W_V[l, h] + model.b_V[l, h]
-            out = value @ model.W_O[l, h]
-            logits = model.ln_final(out) @ model.W_U[:, answers]
-            rows.append(
-                {
-                    "layer": l,
-                    "head": h,
-                    "copy_score": float((logits.argmax(dim=-1) == expected).float().mean()),
-                    "negative_copy_score": float((logits.argmin(dim=-1) == expected).float().mean()),
-                }
-            )
-    return pd.DataFrame(rows)
+    normalised = {l: model.blocks[l].ln1(embedded) for l in sorted({l for l, _ in heads})}
+    unembed = model.W_U[:, answers]
+    out = []
+    for l, h in heads:
+        value = normalised[l] @ model.W_V[l, h] + model.b_V[l, h]
+        out.append(model.ln_final(value @ model.W_O[l, h]) @ unembed)
+    return torch.stack(out)
+
+
+def copy_fractions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy and negative copy scores of [..., n, n] OV logits (`ov_answer_logits`): the fraction of rows
+    whose largest, and whose smallest, entry is on the diagonal."""
+    own = torch.arange(logits.shape[-1], device=logits.device)
+    return (logits.argmax(dim=-1) == own).float().mean(-1), (logits.argmin(dim=-1) == own).float().mean(-1)
+
+
+def copy_scores(model, answer_tokens: list[int] | torch.Tensor) -> pd.DataFrame:
+    """Copy and negative copy scores of every head's OV circuit on a set of answer tokens, one row per head."""
+    heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    copy, negative = copy_fractions(ov_answer_logits(model, answer_tokens, heads))
+    return pd.DataFrame(
+        {
+            "layer": [l for l, _ in heads],
+            "head": [h for _, h in heads],
+            "copy_score": copy.cpu().numpy().astype(float),
+            "negative_copy_score": negative.cpu().numpy().astype(float),
+        }
+    )
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ NOTEBOOK_RULES = (
     "notebook_movers",
     "notebook_paper_comparison",
     "notebook_faithfulness",
+    "notebook_mechanisms",
 )
 FIGURES = (
     ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
@@ -52,9 +53,10 @@ FIGURES = (
     + [f"overlap/{m}" for m in MODELS]
     + [f"movers/{m}" for m in MODELS]
     + [f"faithfulness/{m}" for m in MODELS]
+    + [f"mechanisms/{m}.{kind}" for m in MODELS for kind in ("attention", "ov")]
 )
 TABLES = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"] + [
-    f"{family}/{m}" for family in ("overlap", "movers", "faithfulness") for m in MODELS
+    f"{family}/{m}" for family in ("overlap", "movers", "faithfulness", "mechanisms") for m in MODELS
 ]
 
 
@@ -111,7 +113,7 @@ def test_every_target_is_built(smoke):
         assert "\\begin{table}" in (run / "results/tables" / f"{stem}.tex").read_text(), stem
     executed = sorted(path.name for path in (run / "results/notebooks").glob("*.ipynb"))
     n_head_grids = len(MODELS) * len(TASKS)
-    assert len(executed) == 1 + n_head_grids + 2 + 1 + 1 + 1 + 2 + 1 + len(MODELS), executed
+    assert len(executed) == 1 + n_head_grids + 2 + 1 + 1 + 1 + 2 + 1 + 2 * len(MODELS), executed
     n_pairs = len(TASKS) * (len(TASKS) - 1) // 2
     for model in MODELS:
         summary = read_parquet(run / f"results/overlap/{model}/summary.parquet")
@@ -222,7 +224,7 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     expected = {
         "cache_tokenizer", "cache_model", "check_model", "make_dataset", "evaluate_baseline", "baseline_table",
         "patch_stage", "head_detectors", "assemble_circuit", "overlap", "intervention", "faithfulness",
-        *NOTEBOOK_RULES,
+        "mechanisms", *NOTEBOOK_RULES,
     }  # fmt: skip
     assert set(times["rule"]) == expected
     assert (times["seconds"] > 0).all()

@@ -78,6 +78,11 @@ def intervention_dir(model):
     return f"results/intervention/{model}"
 
 
+def mechanisms_dir(model):
+    """Each circuit head's attention from END to every role, and its OV circuit on the answer tokens."""
+    return f"results/mechanisms/{model}"
+
+
 FAITHFULNESS_TABLES = ("prompts", "summary", "curve")
 
 

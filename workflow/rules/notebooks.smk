@@ -209,6 +209,44 @@ if INTERVENTION_RUNS:
     ALL_TARGETS.extend(f"{FIGURES_DIR}/movers/{m}.png" for m in MODELS)
 
 
+rule notebook_mechanisms:
+    input:
+        notebook=notebook_source("11_mechanisms"),
+        attention=f"{mechanisms_dir('{model}')}/attention.parquet",
+        copy_scores=f"{mechanisms_dir('{model}')}/copy_scores.parquet",
+        ov=f"{mechanisms_dir('{model}')}/ov.parquet",
+    output:
+        notebook=executed_notebook("11_mechanisms", ".{model}"),
+        **figure_outputs("mechanisms/{model}.attention", "mechanisms_attention", "11. Mechanisms", "{model}"),
+        **{
+            f"ov_{kind}": path
+            for kind, path in figure_outputs("mechanisms/{model}.ov", "mechanisms_ov", "11. Mechanisms", "{model}").items()
+        },
+        **table_outputs("mechanisms/{model}"),
+    params:
+        parameters=lambda wildcards, input, output: {
+            "model": wildcards.model,
+            "attention": input.attention,
+            "copy_scores": input.copy_scores,
+            "ov": input.ov,
+            "labels": {task: get_task(task).label for task in TASKS},
+            "figure_ov": output.ov_png[: -len(".png")],
+            **stems(output),
+        },
+    threads: job_threads("light")
+    resources:
+        **job_resources("light"),
+    benchmark:
+        "benchmarks/notebook_mechanisms/{model}.tsv",
+    log:
+        "logs/notebook_mechanisms/{model}.log",
+    script:
+        "../../scripts/run_notebook.py"
+
+
+ALL_TARGETS.extend(f"{FIGURES_DIR}/mechanisms/{m}.{kind}.png" for m in MODELS for kind in ("attention", "ov"))
+
+
 rule notebook_paper_comparison:
     input:
         notebook=notebook_source("07_paper_comparison"),
