@@ -35,7 +35,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from circuit_reuse import end_edits
 from circuit_reuse.datasets import END, TaskDataset
+from circuit_reuse.end_edits import EndEdit, RowEdit
+from circuit_reuse.patching import GPT2Weights
 from circuit_reuse.tasks import intervention_plan, registered_tasks
 
 Head = tuple[int, int]
@@ -103,19 +106,15 @@ def _target_weights(key_positions: torch.Tensor, weights) -> torch.Tensor:
     return weights
 
 
-def attention_override_hooks(
-    heads: Iterable[Head],
-    query_positions: torch.Tensor,
-    key_positions: torch.Tensor,
-    weights: Sequence[float] | torch.Tensor | None = None,
-) -> list[Hook]:
-    """Hooks that replace, for each chosen head, the attention row of one query position per prompt.
+def override_rows(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None
+) -> RowEdit:
+    """The edit that makes each prompt's attention rows [batch, heads, keys] exactly one distribution.
 
-    `query_positions` [batch] is the query token (END for the paper), `key_positions` [batch, k] the keys
-    that receive weight and `weights` ([k] or [batch, k], uniform when None) how much: the row becomes
-    exactly that distribution, 0 elsewhere (two keys at the same position add up). Every other head, and
-    every other query position of the chosen heads, is left as it is. One hook per layer edits all chosen
-    heads of that layer. A key after its query would let a head read the future, so it is refused.
+    `key_positions` [batch, k] are the keys that receive weight and `weights` ([k] or [batch, k], uniform
+    when None) how much: each row becomes that distribution, 0 elsewhere (two keys at the same position
+    add up), whatever it was. `query_positions` [batch] are the rows' own positions: a key after its query
+    would let a head read the future, so it is refused.
     """
     query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
     key_positions = torch.as_tensor(key_positions, dtype=torch.long)
@@ -129,58 +128,78 @@ def attention_override_hooks(
         raise InterventionError("override key positions must lie at or before their query position (causal attention)")
     w = _target_weights(key_positions, weights)
 
+    def edit(rows: torch.Tensor) -> torch.Tensor:
+        batch, _, n_keys = rows.shape
+        target = torch.zeros(batch, n_keys, dtype=rows.dtype, device=rows.device)
+        target.scatter_add_(1, key_positions.to(rows.device), w.to(device=rows.device, dtype=rows.dtype))
+        return target[:, None, :].expand_as(rows)
+
+    return edit
+
+
+def block_rows(query_positions: torch.Tensor, key_spans: torch.Tensor) -> RowEdit:
+    """The edit that zeroes each prompt's attention rows [batch, heads, keys] on a span and renormalises.
+
+    `key_spans` [batch, 2] holds half-open [start, end) ranges, one per query position. The row's weight on
+    the span is set to 0 and the rest is renormalised to sum to 1, so the head still writes a convex
+    combination of its values, read from everywhere but the span (leaving the row unnormalised would also
+    shrink what the head writes, mixing "does not read the question" with "writes less"). A row whose
+    whole weight lay on the span stays all zero: the head then writes nothing at that position.
+    """
+    key_spans = torch.as_tensor(key_spans, dtype=torch.long)
+    if key_spans.shape != (len(query_positions), 2):
+        raise InterventionError(f"key spans have shape {tuple(key_spans.shape)}; expected ({len(query_positions)}, 2)")
+
+    def edit(rows: torch.Tensor) -> torch.Tensor:
+        keys = torch.arange(rows.shape[-1], device=rows.device)[None, :]
+        spans = key_spans.to(rows.device)
+        inside = (keys >= spans[:, :1]) & (keys < spans[:, 1:])  # [batch, n_keys]
+        kept = rows.masked_fill(inside[:, None, :], 0.0)
+        total = kept.sum(-1, keepdim=True)
+        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), kept)
+
+    return edit
+
+
+def row_edit_hooks(heads: Iterable[Head], query_positions: torch.Tensor, edit: RowEdit) -> list[Hook]:
+    """Hooks that apply `edit` to the chosen heads' attention rows at one query position per prompt.
+
+    One hook per layer edits all chosen heads of that layer; every other head, and every other query
+    position of the chosen heads, is left as it is.
+    """
+    query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
+
     def make(head_index: list[int]) -> Callable:
         heads_t = torch.tensor(head_index, dtype=torch.long)
 
         def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-            batch, _, _, n_keys = pattern.shape
             device = pattern.device
-            target = torch.zeros(batch, n_keys, dtype=pattern.dtype, device=device)
-            target.scatter_add_(1, key_positions.to(device), w.to(device=device, dtype=pattern.dtype))
-            rows = torch.arange(batch, device=device)
+            rows = torch.arange(pattern.shape[0], device=device)[:, None]
+            index = (rows, heads_t.to(device)[None, :], query_positions.to(device)[:, None])
             out = pattern.clone()
-            out[rows[:, None], heads_t.to(device)[None, :], query_positions.to(device)[:, None]] = target[:, None, :]
+            out[index] = edit(pattern[index])  # [batch, heads, n_keys]
             return out
 
         return hook
 
     return [(pattern_hook_name(layer), make(hs)) for layer, hs in _by_layer(heads).items()]
+
+
+def attention_override_hooks(
+    heads: Iterable[Head],
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor | None = None,
+) -> list[Hook]:
+    """Hooks that replace, for each chosen head, the attention row of one query position per prompt
+    (`query_positions` [batch], END for the paper) by a fixed distribution (`override_rows`)."""
+    return row_edit_hooks(heads, query_positions, override_rows(query_positions, key_positions, weights))
 
 
 def attention_block_hooks(heads: Iterable[Head], query_positions: torch.Tensor, key_spans: torch.Tensor) -> list[Hook]:
-    """Hooks that stop the chosen heads, at one query position per prompt, from attending to a token span.
-
-    `key_spans` [batch, 2] holds half-open [start, end) ranges. The row's weight on the span is set to 0 and
-    the rest is renormalised to sum to 1, so the head still writes a convex combination of its values,
-    read from everywhere but the span (leaving the row unnormalised would also shrink what the head
-    writes, mixing "does not read the question" with "writes less"). A row whose whole weight lay on the
-    span stays all zero: the head then writes nothing at that position.
-    """
-    query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
-    key_spans = torch.as_tensor(key_spans, dtype=torch.long)
-    if key_spans.shape != (query_positions.shape[0], 2):
-        raise InterventionError(f"key spans have shape {tuple(key_spans.shape)}; expected ({len(query_positions)}, 2)")
-
-    def make(head_index: list[int]) -> Callable:
-        heads_t = torch.tensor(head_index, dtype=torch.long)
-
-        def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-            batch, _, _, n_keys = pattern.shape
-            device = pattern.device
-            keys = torch.arange(n_keys, device=device)[None, :]
-            spans = key_spans.to(device)
-            inside = (keys >= spans[:, :1]) & (keys < spans[:, 1:])  # [batch, n_keys]
-            rows = torch.arange(batch, device=device)[:, None]
-            index = (rows, heads_t.to(device)[None, :], query_positions.to(device)[:, None])
-            kept = pattern[index].masked_fill(inside[:, None, :], 0.0)  # [batch, heads, n_keys]
-            total = kept.sum(-1, keepdim=True)
-            out = pattern.clone()
-            out[index] = torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), kept)
-            return out
-
-        return hook
-
-    return [(pattern_hook_name(layer), make(hs)) for layer, hs in _by_layer(heads).items()]
+    """Hooks that stop the chosen heads, at one query position per prompt, from attending to a token span
+    (`block_rows`)."""
+    return row_edit_hooks(heads, query_positions, block_rows(query_positions, key_spans))
 
 
 def merge_hooks(hooks: Iterable[Hook]) -> list[Hook]:
@@ -221,9 +240,11 @@ class Override:
     weights: tuple[float, ...] | None = None
     query_role: str = END
 
-    def hooks(self, batch: TaskDataset) -> list[Hook]:
+    def row_edit(self, batch: TaskDataset) -> tuple[torch.Tensor, RowEdit]:
+        """Where (the query positions [batch]) and how the heads' attention rows change on this batch."""
+        query = _role(batch, self.query_role)
         keys = torch.stack([_role(batch, r) for r in self.target_roles], dim=1)
-        return attention_override_hooks(self.heads, _role(batch, self.query_role), keys, self.weights)
+        return query, override_rows(query, keys, self.weights)
 
 
 @dataclass(frozen=True)
@@ -234,12 +255,14 @@ class Block:
     span: str = "question"
     query_role: str = END
 
-    def hooks(self, batch: TaskDataset) -> list[Hook]:
+    def row_edit(self, batch: TaskDataset) -> tuple[torch.Tensor, RowEdit]:
+        """Where (the query positions [batch]) and how the heads' attention rows change on this batch."""
         if self.span not in batch.spans:
             raise InterventionError(
                 f"span {self.span!r} is not in the {batch.task} dataset; its spans: {', '.join(sorted(batch.spans))}"
             )
-        return attention_block_hooks(self.heads, _role(batch, self.query_role), batch.spans[self.span])
+        query = _role(batch, self.query_role)
+        return query, block_rows(query, batch.spans[self.span])
 
 
 @dataclass(frozen=True)
@@ -254,7 +277,19 @@ class Condition:
         return sorted({tuple(h) for edit in self.edits for h in edit.heads})
 
     def hooks(self, batch: TaskDataset) -> list[Hook]:
-        return merge_hooks(hook for edit in self.edits for hook in edit.hooks(batch))
+        return merge_hooks(hook for edit in self.edits for hook in row_edit_hooks(edit.heads, *edit.row_edit(batch)))
+
+    def end_edits(self, batch: TaskDataset) -> list[EndEdit]:
+        """The same edits for `circuit_reuse.end_edits`, which edits only END: every query position must be it."""
+        found = []
+        for edit in self.edits:
+            query, row_edit = edit.row_edit(batch)
+            if not torch.equal(query, batch.end):
+                raise InterventionError(
+                    f"condition {self.name!r} edits attention at {edit.query_role}, not only at END"
+                )
+            found += [EndEdit(layer, tuple(heads), row_edit) for layer, heads in _by_layer(edit.heads).items()]
+        return found
 
     def remap(self, mapping: Mapping[Head, Head], name: str | None = None) -> Condition:
         """The same edits on other heads: every head h becomes mapping[h]."""
@@ -275,6 +310,71 @@ def _batches(dataset: TaskDataset, batch_size: int) -> Iterator[tuple[int, TaskD
         yield start, dataset.subset(slice(start, start + batch_size))
 
 
+ENGINES = ("auto", "fast", "hooks")
+
+
+def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], engine: str = "auto") -> str:
+    """ "fast" (`circuit_reuse.end_edits`) or "hooks" (forward hooks on the bridge, the reference).
+
+    "auto" takes the fast engine where it applies: a GPT-2 model and edits at END only. "fast" insists on it
+    and says why it does not apply.
+    """
+    if engine not in ENGINES:
+        raise InterventionError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "hooks":
+        return engine
+    why_not = None
+    if not end_edits.supports(model):
+        why_not = "the model is not a GPT-2 the fast engine implements"
+    else:
+        for condition in conditions:
+            for edit in condition.edits:
+                if not torch.equal(_role(dataset, edit.query_role), dataset.end):
+                    why_not = f"condition {condition.name!r} edits attention at {edit.query_role}, not only at END"
+    if why_not and engine == "fast":
+        raise InterventionError(f"the fast engine does not apply: {why_not}")
+    return "hooks" if why_not else "fast"
+
+
+def _hooked_runs(model, batch: TaskDataset, conditions, readout_layers) -> Iterator[tuple[torch.Tensor, dict]]:
+    """Per condition, a hooked forward pass: logits at END [batch, d_vocab] and the readouts seen."""
+    device = _device(model)
+    end = batch.end.to(device)
+    rows = torch.arange(len(batch), device=device)
+    width = int(batch.end.max()) + 1  # right padding after the last END is never read
+    tokens = batch.clean_tokens[:, :width].to(device)
+    for condition in conditions:
+        hooks = condition.hooks(batch)
+        seen: dict[str, torch.Tensor] = {}
+        for layer, hs in readout_layers.items():
+            hooks += _readout_hooks(layer, hs, rows, end, seen)
+        if readout_layers:
+
+            def read_scale(scale, hook=None, seen=seen):
+                seen["scale"] = scale[rows, end, 0]
+                return scale
+
+            hooks.append(("ln_final.hook_scale", read_scale))
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        yield logits[rows, end], seen
+
+
+def _fast_runs(weights, batch: TaskDataset, conditions, readout_layers) -> Iterator[tuple[torch.Tensor, dict]]:
+    """The same from one clean pass and END alone per condition (`circuit_reuse.end_edits`)."""
+    device = weights.model.W_U.device
+    width = int(batch.end.max()) + 1
+    tokens = batch.clean_tokens[:, :width].to(device)
+    edit_sets = [condition.end_edits(batch) for condition in conditions]
+    run = end_edits.run_end_edits(weights, tokens, batch.end.to(device), edit_sets, readout_layers)
+    for i in range(len(conditions)):
+        seen = {}
+        if readout_layers:
+            seen["scale"] = end_edits.final_scale(weights, run.final[i])
+            for layer in readout_layers:
+                seen[f"pattern.{layer}"], seen[f"z.{layer}"] = run.patterns[layer][i], run.z[layer][i]
+        yield end_edits.end_logits(weights, run.final[i]), seen
+
+
 @torch.no_grad()
 def _evaluate(
     model,
@@ -284,6 +384,7 @@ def _evaluate(
     readout_heads: Sequence[Head],
     readout_roles: Sequence[str],
     progress: bool,
+    engine: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from tqdm.auto import tqdm
 
@@ -292,36 +393,27 @@ def _evaluate(
     weights = None
     if readout_heads:  # the bridge stacks these per access, so read them once
         weights = {"gamma": model.ln_final.weight.detach(), "W_U": model.W_U.detach(), "W_O": model.W_O.detach()}
-    prompt_parts, head_parts = [], []
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise InterventionError(f"condition names must be unique: {names}")
-    for condition in conditions:
-        n_batches = math.ceil(len(dataset) / batch_size)
-        bar = tqdm(_batches(dataset, batch_size), total=n_batches, desc=condition.name, disable=not progress)
-        for start, batch in bar:
-            end = batch.end.to(device)
-            rows = torch.arange(len(batch), device=device)
-            width = int(batch.end.max()) + 1  # right padding after the last END is never read
-            tokens = batch.clean_tokens[:, :width].to(device)
-            hooks = condition.hooks(batch)
-            seen: dict[str, torch.Tensor] = {}
-            for layer, hs in readout_layers.items():
-                hooks += _readout_hooks(layer, hs, rows, end, seen)
-            if readout_heads:
-
-                def read_scale(scale, hook=None, seen=seen, rows=rows, end=end):
-                    seen["scale"] = scale[rows, end, 0]
-                    return scale
-
-                hooks.append(("ln_final.hook_scale", read_scale))
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-            final = logits[rows, end].double()
-            answers = batch.answer_tokens.to(device)
+    if choose_engine(model, dataset, conditions, engine) == "fast":
+        gpt2 = GPT2Weights(model)
+        runs = lambda batch: _fast_runs(gpt2, batch, conditions, readout_layers)  # noqa: E731
+    else:
+        runs = lambda batch: _hooked_runs(model, batch, conditions, readout_layers)  # noqa: E731
+    prompt_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    head_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    n_batches = math.ceil(len(dataset) / batch_size)
+    bar = tqdm(_batches(dataset, batch_size), total=n_batches, desc="conditions", disable=not progress)
+    for start, batch in bar:
+        rows = torch.arange(len(batch), device=device)
+        answers = batch.answer_tokens.to(device)
+        prompts = np.arange(start, start + len(batch))
+        for condition, (final, seen) in zip(conditions, runs(batch), strict=True):
+            final = final.double()
             log_probs = final.log_softmax(-1)
             predicted = final.argmax(-1)
-            prompts = np.arange(start, start + len(batch))
-            prompt_parts.append(
+            prompt_parts[condition.name].append(
                 pd.DataFrame(
                     {
                         "condition": condition.name,
@@ -336,12 +428,15 @@ def _evaluate(
                 )
             )
             if readout_heads:
-                head_parts.append(
+                head_parts[condition.name].append(
                     _head_rows(batch, condition.name, prompts, readout_layers, readout_roles, seen, weights)
                 )
-    prompt_table = pd.concat(prompt_parts, ignore_index=True) if prompt_parts else pd.DataFrame()
-    head_table = pd.concat(head_parts, ignore_index=True) if head_parts else pd.DataFrame()
-    return prompt_table, head_table
+    in_order = lambda parts: [part for name in names for part in parts[name]]  # noqa: E731
+    return _concat(in_order(prompt_parts)), _concat(in_order(head_parts))
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _readout_hooks(layer: int, heads: list[int], rows, end, seen: dict) -> list[Hook]:
@@ -406,15 +501,22 @@ def head_logit_attribution(head_out: torch.Tensor, scale: torch.Tensor, directio
 
 
 def run_conditions(
-    model, dataset: TaskDataset, conditions: Sequence[Condition], *, batch_size: int = 50, progress: bool = True
+    model,
+    dataset: TaskDataset,
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """One row per condition and prompt: the prediction at END under that condition's attention edits.
 
     Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
     over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
-    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer).
+    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer). `engine` (see
+    `choose_engine`) changes how the numbers are computed, not what they are.
     """
-    return _evaluate(model, dataset, conditions, batch_size, (), (), progress)[0]
+    return _evaluate(model, dataset, conditions, batch_size, (), (), progress, engine)[0]
 
 
 def run_conditions_with_readouts(
@@ -426,6 +528,7 @@ def run_conditions_with_readouts(
     *,
     batch_size: int = 50,
     progress: bool = True,
+    engine: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_conditions` plus, from the same runs, one row per condition, prompt and readout head.
 
@@ -434,7 +537,7 @@ def run_conditions_with_readouts(
     `head_logit_attribution`) and dla_answer (the same onto the answer's unembedding alone).
     """
     readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
-    return _evaluate(model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress)
+    return _evaluate(model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,33 +675,37 @@ def random_head_sets(
     return sets
 
 
-def random_head_controls(
-    model,
-    dataset: TaskDataset,
+def random_head_conditions(
+    model, condition: Condition, repeats: int, seed: int, exclude: Iterable[Head] = ()
+) -> list[Condition]:
+    """The condition's edits on random heads (see `random_head_sets`), named "{condition}/random{repeat}"."""
+    sets = random_head_sets(
+        model.cfg.n_layers, model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name
+    )
+    return [
+        condition.remap(dict(zip(condition.heads, chosen, strict=True)), name=f"{condition.name}/random{repeat}")
+        for repeat, chosen in enumerate(sets)
+    ]
+
+
+def control_rows(
     condition: Condition,
-    repeats: int,
+    controls: Sequence[Condition],
     seed: int,
-    exclude: Iterable[Head] = (),
+    per_prompt: pd.DataFrame,
     baseline_correct: np.ndarray | None = None,
-    *,
-    batch_size: int = 50,
-    progress: bool = True,
 ) -> pd.DataFrame:
-    """The condition's edits on random heads (see `random_head_sets`), one row per repeat.
+    """One row per random-head control of `condition` (`random_head_conditions`), from the per-prompt table
+    of a run that included them.
 
     Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_metric,
     mean_answer_prob, and, given the baseline's per-prompt correctness, fixed and introduced.
     """
-    sets = random_head_sets(
-        model.cfg.n_layers, model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name
-    )
     rows = []
-    for repeat, chosen in enumerate(sets):
-        control = condition.remap(
-            dict(zip(condition.heads, chosen, strict=True)), name=f"{condition.name}/random{repeat}"
-        )
-        table = run_conditions(model, dataset, [control], batch_size=batch_size, progress=progress)
+    for repeat, control in enumerate(controls):
+        table = per_prompt[per_prompt["condition"] == control.name]
         correct = table.sort_values("prompt")["correct"].to_numpy(dtype=bool)
+        chosen = control.heads
         row = {
             "condition": condition.name,
             "repeat": repeat,
@@ -618,6 +725,25 @@ def random_head_controls(
             row.update(fixed=int((~before & correct).sum()), introduced=int((before & ~correct).sum()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def random_head_controls(
+    model,
+    dataset: TaskDataset,
+    condition: Condition,
+    repeats: int,
+    seed: int,
+    exclude: Iterable[Head] = (),
+    baseline_correct: np.ndarray | None = None,
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """The condition's edits on random heads, all repeats in one run, one row per repeat (`control_rows`)."""
+    controls = random_head_conditions(model, condition, repeats, seed, exclude)
+    table = run_conditions(model, dataset, controls, batch_size=batch_size, progress=progress, engine=engine)
+    return control_rows(condition, controls, seed, table, baseline_correct)
 
 
 def controls_summary(
@@ -954,27 +1080,52 @@ def intervention_experiment(
     importance: Mapping[Head, float] | None = None,
     *,
     progress: bool = True,
+    engine: str = "auto",
 ) -> dict[str, pd.DataFrame]:
     """Run every condition, the random-head controls and the mover readouts; return the tidy tables.
 
     Tables: head_sets, per_prompt, accuracy, controls, controls_summary, movers, movers_spearman. Every
     planned condition has a row in accuracy and (but the baseline) in controls_summary, with a status
-    saying whether it ran and why not.
+    saying whether it ran and why not. `engine` (see `choose_engine`) does not change the tables.
     """
     if settings.n_prompts:
         dataset = dataset.subset(slice(0, settings.n_prompts))
     plans = plan_conditions(sets, settings)
     ran = [p for p in plans if p.condition is not None]
+    # Random heads never include a head that any condition intervenes on.
+    intervened = {h for p in ran for h in p.condition.heads}
+    controls_of, why_not = {}, {}
+    for plan in plans:
+        if plan.kind == "none":
+            continue
+        if plan.condition is None:
+            why_not[plan.name] = plan.note
+        elif settings.repeats == 0:
+            why_not[plan.name] = "skipped: random_controls.repeats is 0"
+        else:
+            try:
+                controls_of[plan.name] = random_head_conditions(
+                    model, plan.condition, settings.repeats, settings.control_seed, intervened
+                )
+            except InterventionError as error:
+                why_not[plan.name] = f"skipped: {error}"
+    # One run for the conditions and every control: the fast engine shares each batch's clean pass among
+    # them all. The controls' readouts come along and are dropped.
     movers = sets["movers"].heads
-    per_prompt, head_table = run_conditions_with_readouts(
+    shown = [p.condition.name for p in ran]
+    every_prompt, head_table = run_conditions_with_readouts(
         model,
         dataset,
-        [p.condition for p in ran],
+        [p.condition for p in ran] + [c for controls in controls_of.values() for c in controls],
         movers,
         (settings.answer_role, *settings.target_roles),
         batch_size=settings.batch_size,
         progress=progress,
+        engine=engine,
     )
+    per_prompt = every_prompt[every_prompt["condition"].isin(shown)].reset_index(drop=True)
+    if len(head_table):
+        head_table = head_table[head_table["condition"].isin(shown)].reset_index(drop=True)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         per_prompt.insert(5, "predicted", [tokenizer.decode([int(t)]) for t in per_prompt["predicted_token"]])
@@ -993,34 +1144,12 @@ def intervention_experiment(
     accuracy["n_boot"], accuracy["boot_seed"] = settings.n_boot, settings.boot_seed
     accuracy = accuracy.astype({"n_prompts": "Int64", "fixed": "Int64", "introduced": "Int64"})
 
-    # Random heads never include a head that any condition intervenes on.
-    intervened = {h for p in ran for h in p.condition.heads}
     baseline_correct = per_prompt[per_prompt["condition"] == BASELINE].sort_values("prompt")["correct"].to_numpy()
-    control_parts, why_not = [], {}
-    for plan in plans:
-        if plan.kind == "none":
-            continue
-        if plan.condition is None:
-            why_not[plan.name] = plan.note
-        elif settings.repeats == 0:
-            why_not[plan.name] = "skipped: random_controls.repeats is 0"
-        else:
-            try:
-                control_parts.append(
-                    random_head_controls(
-                        model,
-                        dataset,
-                        plan.condition,
-                        settings.repeats,
-                        settings.control_seed,
-                        intervened,
-                        baseline_correct,
-                        batch_size=settings.batch_size,
-                        progress=progress,
-                    )
-                )
-            except InterventionError as error:
-                why_not[plan.name] = f"skipped: {error}"
+    control_parts = [
+        control_rows(p.condition, controls_of[p.name], settings.control_seed, every_prompt, baseline_correct)
+        for p in ran
+        if p.name in controls_of
+    ]
     controls = pd.concat(control_parts, ignore_index=True) if control_parts else pd.DataFrame(columns=CONTROL_COLUMNS)
     intervened_accuracy = dict(zip(accuracy["condition"], accuracy["accuracy"], strict=True))
     summary = controls_summary(controls, intervened_accuracy).set_index("condition") if len(controls) else None
