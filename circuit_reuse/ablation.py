@@ -25,27 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
+from circuit_reuse.edits import EditError, ablation_hooks
 from circuit_reuse.evaluation import model_device
 from circuit_reuse.hook_names import head_output
 
-Head = tuple[int, int]
 ABLATIONS = ("mean", "resample", "zero")
 
 
-class AblationError(ValueError):
-    """An ablation was asked for with inputs that do not define it (unknown kind, bad head, no reference)."""
-
-
-def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int) -> frozenset[Head]:
-    """The heads as a frozenset of (layer, head) ints; AblationError naming any head outside the model."""
-    checked = set()
-    for head in heads:
-        layer, index = (int(x) for x in head)
-        if not (0 <= layer < n_layers and 0 <= index < n_heads):
-            raise AblationError(f"head {layer}.{index} is outside the model ({n_layers} layers x {n_heads} heads)")
-        checked.add((layer, index))
-    return frozenset(checked)
+class AblationError(EditError):
+    """An ablation was asked for with inputs that do not define it (unknown kind, no reference distribution)."""
 
 
 def position_keys(dataset: TaskDataset) -> list[list[str]]:
@@ -160,25 +150,6 @@ def replacement_outputs(model, prepared: ReferenceOutputs, rows: torch.Tensor, e
     if prepared.kind == "resample":
         return head_outputs(model, prepared.reference[prepared.donors[rows]], end)
     return prepared.means[prepared.key_ids[rows, :width]].to(model_device(model))
-
-
-def ablation_hooks(keep: Iterable[Head], replacement: torch.Tensor, n_layers: int, n_heads: int) -> list[tuple]:
-    """Forward hooks that replace every head outside `keep` by `replacement` (as from `replacement_outputs`)."""
-    kept = check_heads(keep, n_layers, n_heads)
-    hooks = []
-    for layer in range(n_layers):
-        ablated = [h for h in range(n_heads) if (layer, h) not in kept]
-        if not ablated:
-            continue
-        index = torch.tensor(ablated, dtype=torch.long, device=replacement.device)
-
-        def hook(z, hook=None, layer=layer, index=index):
-            z = z.clone()
-            z[:, : replacement.shape[1], index] = replacement[:, :, layer, index].to(z.dtype)
-            return z
-
-        hooks.append((head_output(layer), hook))
-    return hooks
 
 
 @torch.no_grad()

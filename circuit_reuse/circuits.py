@@ -8,6 +8,7 @@ in the union (the first stage that selected it, its score there and its role).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ ROLES = (
 
 
 def head_name(head: Head) -> str:
+    """A head as "layer.head", e.g. "12.3"."""
     return f"{head[0]}.{head[1]}"
+
+
+def heads_label(heads: Iterable[Head]) -> str:
+    """Heads as one sortable string, e.g. "12.3,13.4,19.1" (empty for no heads)."""
+    return ",".join(head_name(h) for h in sorted(heads))
 
 
 def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None) -> list[Head]:

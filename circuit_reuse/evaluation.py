@@ -1,4 +1,4 @@
-"""Baseline evaluation: how well a model does a task, on clean and on corrupted prompts.
+"""Evaluation at END: how well a model does a task, on clean and corrupted prompts and under edits.
 
 `evaluate` runs the model on every prompt of a TaskDataset and returns one row per prompt and condition;
 `summarize` turns that into one row per condition. Everything is read at the END position, over the
@@ -19,19 +19,30 @@ the object the corrupted question asks about).
 - `target_rank`: how many vocabulary tokens have a strictly higher logit than the best target (0 = top).
 
 `answer` and `wrong` are the dataset's (answer, wrong) pair, for error analysis.
+
+`run_conditions` runs the clean prompts under each of several conditions (attention edits,
+`circuit_reuse.edits`) and `run_conditions_with_readouts` also reads chosen heads at END
+(`circuit_reuse.readouts`) from the same passes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from circuit_reuse import end_edits
+from circuit_reuse.circuits import Head
 from circuit_reuse.datasets.core import DatasetError, TaskDataset
 from circuit_reuse.datasets.vocab import encode
+from circuit_reuse.edits import Condition, EditError, heads_by_layer, role_positions
+from circuit_reuse.patching import GPT2Weights
+from circuit_reuse.readouts import head_rows, readout_hooks, readout_weights
+from circuit_reuse.statistics import bootstrap_ci
 
 CONDITIONS = ("clean", "corrupted")
 SUMMARY_COLUMNS = [
@@ -177,22 +188,6 @@ def _scalar_fields(records: list[dict[str, Any]], taken: set[str]) -> dict[str, 
     return {k: [r.get(k) for r in records] for k in keys}
 
 
-def bootstrap_ci(values: Any, n_resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`; the same seed gives the same interval."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // values.size)
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        means[start : start + size] = values[rng.integers(0, values.size, (size, values.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
 def summarize(
     per_prompt: pd.DataFrame,
     model: str | None = None,
@@ -226,3 +221,177 @@ def summarize(
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts under attention edits (circuit_reuse.edits), with optional per-head readouts
+
+
+def _batches(dataset: TaskDataset, batch_size: int) -> Iterator[tuple[int, TaskDataset]]:
+    for start in range(0, len(dataset), batch_size):
+        yield start, dataset.subset(slice(start, start + batch_size))
+
+
+ENGINES = ("auto", "fast", "hooks")
+
+
+def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], engine: str = "auto") -> str:
+    """How `run_conditions` computes: "fast" (`circuit_reuse.end_edits`) or "hooks" (the reference).
+
+    "auto" takes the fast engine where it applies, a GPT-2 model with every edit at END; "fast" insists on
+    it and says why it does not apply. Both give the same tables (tests/test_end_edits.py).
+    """
+    if engine not in ENGINES:
+        raise EditError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "hooks":
+        return engine
+    why_not = None
+    if not end_edits.supports(model):
+        why_not = "the model is not a GPT-2 the fast engine implements"
+    else:
+        for condition in conditions:
+            for edit in condition.edits:
+                if not torch.equal(role_positions(dataset, edit.query_role), dataset.end):
+                    why_not = f"condition {condition.name!r} edits attention at {edit.query_role}, not only at END"
+    if why_not and engine == "fast":
+        raise EditError(f"the fast engine does not apply: {why_not}")
+    return "hooks" if why_not else "fast"
+
+
+def _hooked_runs(model, batch: TaskDataset, conditions, readout_layers) -> Iterator[tuple]:
+    """Per condition, one hooked forward pass: logits at END [batch, d_vocab] and the readouts seen."""
+    device = model_device(model)
+    end = batch.end.to(device)
+    rows = torch.arange(len(batch), device=device)
+    width = int(batch.end.max()) + 1  # right padding after the last END is never read
+    tokens = batch.clean_tokens[:, :width].to(device)
+    for condition in conditions:
+        hooks = condition.hooks(batch)
+        seen: dict[str, torch.Tensor] = {}
+        if readout_layers:
+            hooks += readout_hooks(readout_layers, rows, end, seen)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        yield logits[rows, end], seen
+
+
+def _fast_runs(
+    weights: GPT2Weights, batch: TaskDataset, conditions, readout_layers
+) -> Iterator[tuple[torch.Tensor, dict]]:
+    """The same from one clean pass and END alone per condition (`circuit_reuse.end_edits`)."""
+    device = weights.model.W_U.device
+    width = int(batch.end.max()) + 1
+    tokens = batch.clean_tokens[:, :width].to(device)
+    edit_sets = [condition.end_edits(batch) for condition in conditions]
+    run = end_edits.run_end_edits(weights, tokens, batch.end.to(device), edit_sets, readout_layers)
+    for i in range(len(conditions)):
+        seen = {}
+        if readout_layers:
+            seen["scale"] = end_edits.final_scale(weights, run.final[i])
+            for layer in readout_layers:
+                seen[f"pattern.{layer}"], seen[f"z.{layer}"] = run.patterns[layer][i], run.z[layer][i]
+        yield end_edits.end_logits(weights, run.final[i]), seen
+
+
+@torch.no_grad()
+def _evaluate_conditions(
+    model,
+    dataset: TaskDataset,
+    conditions: Sequence[Condition],
+    batch_size: int,
+    readout_heads: Sequence[Head],
+    readout_roles: Sequence[str],
+    progress: bool,
+    engine: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    readout_layers = heads_by_layer(readout_heads)
+    weights = readout_weights(model) if readout_heads else None
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise EditError(f"condition names must be unique: {names}")
+    if choose_engine(model, dataset, conditions, engine) == "fast":
+        gpt2 = GPT2Weights(model)
+        runs = lambda batch: _fast_runs(gpt2, batch, conditions, readout_layers)  # noqa: E731
+    else:
+        runs = lambda batch: _hooked_runs(model, batch, conditions, readout_layers)  # noqa: E731
+    # Batches outer, conditions inner (the fast engine shares a batch's clean pass), tables condition-major.
+    prompt_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    head_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    n_batches = math.ceil(len(dataset) / batch_size)
+    bar = tqdm(_batches(dataset, batch_size), total=n_batches, desc="conditions", disable=not progress)
+    for start, batch in bar:
+        rows = torch.arange(len(batch), device=device)
+        answers = batch.answer_tokens.to(device)
+        prompts = np.arange(start, start + len(batch))
+        for condition, (final, seen) in zip(conditions, runs(batch), strict=True):
+            final = final.double()
+            log_probs = final.log_softmax(-1)
+            predicted = final.argmax(-1)
+            prompt_parts[condition.name].append(
+                pd.DataFrame(
+                    {
+                        "condition": condition.name,
+                        "prompt": prompts,
+                        "answer_token": answers[:, 0].cpu().numpy(),
+                        "wrong_token": answers[:, 1].cpu().numpy(),
+                        "predicted_token": predicted.cpu().numpy(),
+                        "correct": (predicted == answers[:, 0]).cpu().numpy(),
+                        "metric": batch.metric(final, batch.metric_tokens, batch.metric_weights).cpu().numpy(),
+                        "answer_prob": log_probs[rows, answers[:, 0]].exp().cpu().numpy(),
+                    }
+                )
+            )
+            if readout_heads:
+                head_parts[condition.name].append(
+                    head_rows(batch, condition.name, prompts, readout_layers, readout_roles, seen, weights)
+                )
+    in_order = lambda parts: [part for name in names for part in parts[name]]  # noqa: E731
+    return _concat(in_order(prompt_parts)), _concat(in_order(head_parts))
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def run_conditions(
+    model,
+    dataset: TaskDataset,
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """One row per condition and prompt: the prediction at END under that condition's attention edits.
+
+    Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
+    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
+    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer). `engine` (see
+    `choose_engine`) says how the numbers are computed, not what they are.
+    """
+    return _evaluate_conditions(model, dataset, conditions, batch_size, (), (), progress, engine)[0]
+
+
+def run_conditions_with_readouts(
+    model,
+    dataset: TaskDataset,
+    conditions: Sequence[Condition],
+    readout_heads: Sequence[Head],
+    readout_roles: Sequence[str],
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`run_conditions` plus, from the same runs, one row per condition, prompt and readout head.
+
+    Head columns: condition, prompt, layer, head, attn_{role} (attention from END to each readout role,
+    after any edit), dla (direct logit attribution to logit(answer) - logit(wrong), see
+    `head_logit_attribution`) and dla_answer (the same onto the answer's unembedding alone).
+    """
+    readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
+    return _evaluate_conditions(
+        model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine
+    )

@@ -31,13 +31,13 @@ from tqdm.auto import tqdm
 from circuit_reuse.ablation import (
     ABLATIONS,
     ablated_end_logits,
-    check_heads,
     reference_outputs,
     replacement_outputs,
 )
+from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
+from circuit_reuse.edits import check_heads
 
-Head = tuple[int, int]
 CURVE_PERCENTS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 PROMPT_COLUMNS = ["circuit", "n_heads", "ablation", "prompt", "metric_circuit", "metric_model", "metric_empty", "f"]
 SUMMARY_COLUMNS = [
@@ -76,7 +76,7 @@ def faithfulness_per_prompt(
         raise FaithfulnessError("no circuits to evaluate")
     kept = {}
     for name, heads in circuits.items():
-        kept[name] = check_heads(heads, cfg.n_layers, cfg.n_heads)
+        kept[name] = frozenset(check_heads(heads, cfg.n_layers, cfg.n_heads))
         if not kept[name]:
             raise FaithfulnessError(f"circuit {name!r} is empty: faithfulness is defined for a circuit with heads")
     every_head = [(layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]

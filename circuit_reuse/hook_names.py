@@ -14,3 +14,7 @@ def head_output(layer: int) -> str:
 def attention_pattern(layer: int) -> str:
     """Attention probabilities: [batch, head, query_pos, key_pos]."""
     return f"blocks.{layer}.attn.hook_pattern"
+
+
+# The final LayerNorm's scale (the root-mean-square of the centred residual): [batch, pos, 1].
+FINAL_LN_SCALE = "ln_final.hook_scale"

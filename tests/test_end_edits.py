@@ -10,24 +10,20 @@ import torch
 from test_intervention import colored_objects_records
 
 from circuit_reuse.datasets import from_records
-from circuit_reuse.end_edits import EndEdit, end_logits, final_scale, run_end_edits
-from circuit_reuse.intervention import (
+from circuit_reuse.edits import (
     BASELINE,
     Block,
     Condition,
-    HeadSet,
-    InterventionError,
-    InterventionSettings,
+    EditError,
     Override,
     block_rows,
-    choose_engine,
-    intervention_experiment,
     merge_hooks,
     override_rows,
-    random_head_controls,
     row_edit_hooks,
-    run_conditions_with_readouts,
 )
+from circuit_reuse.end_edits import EndEdit, end_logits, final_scale, run_end_edits
+from circuit_reuse.evaluation import choose_engine, run_conditions_with_readouts
+from circuit_reuse.intervention import HeadSet, InterventionSettings, intervention_experiment, random_head_controls
 from circuit_reuse.patching import GPT2Weights
 
 TOLERANCE = 1e-5
@@ -201,7 +197,7 @@ def test_auto_takes_hooks_for_edits_away_from_end_and_fast_refuses_them(model, c
     assert choose_engine(model, co_dataset, at_end) == "fast"
     assert choose_engine(model, co_dataset, elsewhere) == "hooks"
     assert choose_engine(model, co_dataset, at_end, "hooks") == "hooks"
-    with pytest.raises(InterventionError, match="question_object, not only at END"):
+    with pytest.raises(EditError, match="question_object, not only at END"):
         choose_engine(model, co_dataset, elsewhere, "fast")
-    with pytest.raises(InterventionError, match="engine must be one of"):
+    with pytest.raises(EditError, match="engine must be one of"):
         choose_engine(model, co_dataset, at_end, "quick")

@@ -7,7 +7,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from circuit_reuse.datasets import DatasetError, from_records, make_dataset
-from circuit_reuse.evaluation import SUMMARY_COLUMNS, bootstrap_ci, evaluate, summarize
+from circuit_reuse.evaluation import SUMMARY_COLUMNS, evaluate, summarize
+from circuit_reuse.statistics import bootstrap_ci
 
 
 @pytest.fixture(scope="module")

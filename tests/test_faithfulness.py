@@ -16,6 +16,7 @@ from circuit_reuse.ablation import (
     replacement_outputs,
 )
 from circuit_reuse.datasets import make_dataset
+from circuit_reuse.edits import EditError
 from circuit_reuse.faithfulness import (
     FaithfulnessError,
     FaithfulnessSettings,
@@ -175,7 +176,7 @@ def test_batch_size_changes_no_number(model, ioi):
 def test_named_errors(model, ioi):
     with pytest.raises(FaithfulnessError, match="circuit 'none' is empty"):
         faithfulness_per_prompt(model, ioi, {"none": []}, "mean", "abc", progress=False)
-    with pytest.raises(AblationError, match=r"head 2\.0 is outside the model \(2 layers x 4 heads\)"):
+    with pytest.raises(EditError, match=r"head 2\.0 is outside the model \(2 layers x 4 heads\)"):
         faithfulness_per_prompt(model, ioi, {"c": [(2, 0)]}, "mean", "abc", progress=False)
     with pytest.raises(AblationError, match="no corruption 'other_object'.*flip"):
         faithfulness_per_prompt(model, ioi, {"c": [(0, 0)]}, "mean", "other_object", progress=False)

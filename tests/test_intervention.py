@@ -18,37 +18,37 @@ import yaml
 
 from circuit_reuse.config import ConfigError, validate_config
 from circuit_reuse.datasets import from_records, save_dataset
-from circuit_reuse.intervention import (
+from circuit_reuse.edits import (
     BASELINE,
+    Block,
+    Condition,
+    EditError,
+    Override,
+    attention_block_hooks,
+    attention_override_hooks,
+)
+from circuit_reuse.evaluation import run_conditions, run_conditions_with_readouts
+from circuit_reuse.intervention import (
     BLOCK_CONDITION,
     HEAD_SETS,
     PAPER_CONDITIONS,
     PAPER_HEADS,
-    Block,
-    Condition,
     HeadSet,
     InterventionError,
     InterventionSettings,
-    Override,
     accuracy_table,
-    attention_block_hooks,
-    attention_override_hooks,
-    bootstrap_accuracy,
     heads_from_circuit,
     intervention_experiment,
     model_section,
-    mover_readouts,
-    mover_spearman,
     plan_conditions,
     prompt_changes,
     random_head_controls,
     random_head_sets,
     resolve_head_sets,
-    run_conditions,
-    run_conditions_with_readouts,
-    spearman,
 )
 from circuit_reuse.io import read_parquet, write_json, write_parquet
+from circuit_reuse.readouts import mover_readouts, mover_spearman
+from circuit_reuse.statistics import bootstrap_accuracy, spearman
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,11 +234,11 @@ def test_edits_of_one_layer_share_one_hook(co_dataset):
 
 def test_override_refuses_future_keys_bad_weights_and_unknown_roles(co_dataset):
     end = torch.tensor([5, 6])
-    with pytest.raises(InterventionError, match="causal"):
+    with pytest.raises(EditError, match="causal"):
         attention_override_hooks([(0, 0)], end, torch.tensor([[3], [7]]))
-    with pytest.raises(InterventionError, match="sum to 1"):
+    with pytest.raises(EditError, match="sum to 1"):
         attention_override_hooks([(0, 0)], end, torch.tensor([[1, 2], [1, 2]]), weights=[0.5, 0.6])
-    with pytest.raises(InterventionError, match="'wrong_colour'.*its roles"):
+    with pytest.raises(EditError, match="'wrong_colour'.*its roles"):
         Override(((0, 0),), ("wrong_colour",)).row_edit(co_dataset)
     with pytest.raises(InterventionError, match="target_weights"):
         InterventionSettings(target_weights=(1.0,))
@@ -267,7 +267,7 @@ def test_block_zeroes_the_span_and_renormalises_the_rest(model, co_dataset):
     torch.testing.assert_close(
         blocked["blocks.1.attn.hook_pattern"][:, untouched], clean["blocks.1.attn.hook_pattern"][:, untouched]
     )
-    with pytest.raises(InterventionError, match="span 'answer'"):
+    with pytest.raises(EditError, match="span 'answer'"):
         Block(((0, 0),), span="answer").row_edit(co_dataset)
 
 
@@ -498,7 +498,7 @@ def test_auto_heads_come_from_the_circuits_roles_and_stages():
     assert explicit["inhibition"].heads == [(2, 0)] and explicit["inhibition"].source == "config"
     assert explicit["negative_mover"].heads == [(3, 2)]
     assert explicit["movers"].heads == [] and "no colored_objects circuit" in explicit["movers"].note
-    with pytest.raises(InterventionError, match=r"intervention.heads.inhibition: head 12.3 is outside"):
+    with pytest.raises(EditError, match=r"intervention.heads.inhibition: head 12.3 is outside"):
         resolve_head_sets({"inhibition": [list(h) for h in PAPER_HEADS["inhibition"]]}, {}, 4, 4)
 
 
