@@ -6,9 +6,12 @@ Every edit is a list of (hook name, function) pairs for `model.run_with_hooks`, 
 - Attention edits on `attention_pattern(layer)` ([batch, head, query, key]), one hook per layer that edits
   every chosen head of that layer: `attention_override_hooks` replaces the query row of one position per
   prompt by a fixed distribution over key positions; `attention_block_hooks` zeroes the row on a token span
-  and renormalises the rest.
+  and renormalises the rest. Each is a row edit (`override_rows`, `block_rows`: a function on the chosen
+  heads' rows [batch, heads, keys]) applied by `row_edit_hooks`; the END-only engine
+  (`circuit_reuse.end_edits`) applies the same row edits without hooks.
 - `Override`, `Block` and `Condition` describe attention edits by dataset roles and spans, so one
   condition serves every prompt of any task; the condition named `BASELINE` edits nothing.
+  `Condition.hooks` gives its hooks, `Condition.end_edits` the same edits for the END-only engine.
 - `ablation_hooks`: head-output ablation on `head_output(layer)` ([batch, pos, head, d_head]), every head
   outside a kept set replaced by given outputs (faithfulness; `circuit_reuse.ablation` computes the
   replacements: mean by role, resample, zero).

@@ -22,7 +22,10 @@ the object the corrupted question asks about).
 
 `run_conditions` runs the clean prompts under each of several conditions (attention edits,
 `circuit_reuse.edits`) and `run_conditions_with_readouts` also reads chosen heads at END
-(`circuit_reuse.readouts`) from the same passes.
+(`circuit_reuse.readouts`) from the same passes. Two engines compute them (`choose_engine`): hooked
+forward passes of the bridge, one per condition and batch (the reference, for any model and edit), and,
+for a GPT-2 with every edit at END, `circuit_reuse.end_edits`: one clean pass per batch, then END alone
+per condition from its lowest edited layer up; the tables are the same either way.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ dataset names the roles involved; the edits are `circuit_reuse.edits`, the forwa
   baseline, the overrides, the content gatherers' block), skipped or shrunk where head sets are empty.
 - `accuracy_table`: accuracy with paired percentile-bootstrap intervals, and the errors each condition
   fixes and introduces relative to the baseline.
-- `random_head_sets` / `random_head_controls`: the same edit on random heads matched by count and layer
-  range, seeded.
-- `intervention_experiment`: the whole experiment as tidy tables.
+- `random_head_sets` / `random_head_conditions` / `random_head_controls`: the same edit on random heads
+  matched by count and layer range, seeded, summarised per repeat by `control_rows`.
+- `intervention_experiment`: the whole experiment as tidy tables, every condition and random control in
+  one evaluation (so the END-only engine makes one clean pass per batch for all of them).
 """
 
 from __future__ import annotations
