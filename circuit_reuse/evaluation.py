@@ -31,7 +31,7 @@ per condition from its lowest edited layer up; the tables are the same either wa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -305,6 +305,7 @@ def _evaluate_conditions(
     readout_roles: Sequence[str],
     progress: bool,
     engine: str,
+    read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from tqdm.auto import tqdm
 
@@ -346,7 +347,7 @@ def _evaluate_conditions(
                     }
                 )
             )
-            if readout_heads:
+            if readout_heads and (read is None or condition.name in read):
                 head_parts[condition.name].append(
                     head_rows(batch, condition.name, prompts, readout_layers, readout_roles, seen, weights)
                 )
@@ -387,8 +388,10 @@ def run_conditions_with_readouts(
     batch_size: int = 50,
     progress: bool = True,
     engine: str = "auto",
+    read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`run_conditions` plus, from the same runs, one row per condition, prompt and readout head.
+    """`run_conditions` plus, from the same runs, one row per condition (those named in `read`, every one
+    when None), prompt and readout head.
 
     Head columns: condition, prompt, layer, head, attn_{role} (attention from END to each readout role,
     after any edit), dla (direct logit attribution to logit(answer) - logit(wrong), see
@@ -396,5 +399,5 @@ def run_conditions_with_readouts(
     """
     readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
     return _evaluate_conditions(
-        model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine
+        model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine, read
     )

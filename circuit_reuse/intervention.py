@@ -516,8 +516,8 @@ def intervention_experiment(
                 )
             except InterventionError as error:
                 why_not[plan.name] = f"skipped: {error}"
-    # One run for the conditions and every control: the fast engine shares each batch's clean pass among
-    # them all. The controls' readouts come along and are dropped.
+    # One run for the conditions and every control: the END-only engine shares each batch's clean pass
+    # among them all. The movers are read out under the conditions alone.
     movers = sets["movers"].heads
     shown = [p.condition.name for p in ran]
     every_prompt, head_table = run_conditions_with_readouts(
@@ -529,10 +529,9 @@ def intervention_experiment(
         batch_size=settings.batch_size,
         progress=progress,
         engine=engine,
+        read=shown,
     )
     per_prompt = every_prompt[every_prompt["condition"].isin(shown)].reset_index(drop=True)
-    if len(head_table):
-        head_table = head_table[head_table["condition"].isin(shown)].reset_index(drop=True)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         per_prompt.insert(5, "predicted", [tokenizer.decode([int(t)]) for t in per_prompt["predicted_token"]])

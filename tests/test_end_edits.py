@@ -189,6 +189,7 @@ def test_the_experiments_tables_are_the_same_whichever_engine(model, co_dataset)
     for name in fast:
         assert_same_tables(fast[name].reset_index(drop=True), hooks[name].reset_index(drop=True))
     assert len(fast["controls"]) == 4 * settings.repeats
+    assert set(fast["movers"]["condition"]) == set(fast["accuracy"]["condition"])  # no control is read out
 
 
 def test_auto_takes_hooks_for_edits_away_from_end_and_fast_refuses_them(model, co_dataset):
