@@ -1,4 +1,6 @@
-"""Head-output ablation: run a model with every head outside a kept set replaced by a reference value.
+"""Head-output ablation's reference values: what every head outside a kept set is replaced by.
+
+The hooks that replace them are `circuit_reuse.edits.ablation_hooks`; this module computes the replacements.
 
 A head's output is its `hook_z` ([batch, pos, head, d_head], the per-head attention result before W_O).
 For a set of heads kept, every other head's output at every position is replaced by one of:
@@ -19,17 +21,16 @@ default corruption for a task without such a distribution. Every key of a prompt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
-from circuit_reuse.edits import EditError, ablation_hooks
-from circuit_reuse.evaluation import model_device
+from circuit_reuse.edits import EditError
 from circuit_reuse.hook_names import head_output
+from circuit_reuse.models import model_device
 
 ABLATIONS = ("mean", "resample", "zero")
 
@@ -150,15 +151,3 @@ def replacement_outputs(model, prepared: ReferenceOutputs, rows: torch.Tensor, e
     if prepared.kind == "resample":
         return head_outputs(model, prepared.reference[prepared.donors[rows]], end)
     return prepared.means[prepared.key_ids[rows, :width]].to(model_device(model))
-
-
-@torch.no_grad()
-def ablated_end_logits(
-    model, tokens: torch.Tensor, end: torch.Tensor, keep: Iterable[Head], replacement
-) -> torch.Tensor:
-    """Logits at each prompt's END with every head outside `keep` replaced: [batch, d_vocab], float64, CPU."""
-    width = int(end.max()) + 1
-    hooks = ablation_hooks(keep, replacement, model.cfg.n_layers, model.cfg.n_heads)
-    logits = model.run_with_hooks(tokens[:, :width].to(model_device(model)), fwd_hooks=hooks)
-    rows = torch.arange(tokens.shape[0], device=logits.device)
-    return logits[rows, end.to(logits.device)].double().cpu()

@@ -14,26 +14,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from circuit_reuse.io import read_json, write_json
 
 Head = tuple[int, int]
 
-ROLES = (
-    "mover",
-    "negative_mover",
-    "inhibition",
-    "content_gatherer",
-    "induction",
-    "duplicate_token",
-    "previous_token",
-    "other",
-)
-
 
 def head_name(head: Head) -> str:
     """A head as "layer.head", e.g. "12.3"."""
     return f"{head[0]}.{head[1]}"
+
+
+def grid_from_table(table: pd.DataFrame, column: str = "score", shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A per-head table (columns layer, head and `column`) as a [n_layers, n_heads] array, NaN where the
+    table has no row. `shape` defaults to the table's largest layer and head, plus one."""
+    layers, heads = table["layer"].to_numpy(dtype=int), table["head"].to_numpy(dtype=int)
+    if shape is None:
+        shape = (int(layers.max()) + 1, int(heads.max()) + 1) if len(table) else (0, 0)
+    grid = np.full(shape, np.nan)
+    grid[layers, heads] = table[column].to_numpy(dtype=float)
+    return grid
 
 
 def heads_label(heads: Iterable[Head]) -> str:

@@ -30,7 +30,6 @@ from circuit_reuse.patching import (
 )
 from circuit_reuse.tasks import get_task
 
-COMPONENTS = ("q", "k", "v")
 QUESTION_SPAN = "question"
 
 
@@ -159,13 +158,6 @@ def scores_table(grid: np.ndarray, **columns: Any) -> pd.DataFrame:
     for name, value in columns.items():
         table.insert(len(table.columns) - 3, name, value)
     return table
-
-
-def grid_from_table(table: pd.DataFrame) -> np.ndarray:
-    n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
-    grid = np.full((n_layers, n_heads), np.nan)
-    grid[table["layer"].to_numpy(), table["head"].to_numpy()] = table["score"].to_numpy()
-    return grid
 
 
 def selected_heads(grid: np.ndarray, selection: Mapping[str, Any]) -> list[Head]:

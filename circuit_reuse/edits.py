@@ -1,7 +1,7 @@
 """Edits of a forward pass, as hooks: what heads attend to, and what heads write.
 
 Every edit is a list of (hook name, function) pairs for `model.run_with_hooks`, so edits compose
-(`merge_hooks`) and any runner serves them all (`circuit_reuse.evaluation.run_conditions`):
+(`merge_hooks`) and one runner serves them all (`circuit_reuse.evaluation`: `end_logits`, `run_conditions`):
 
 - Attention edits on `attention_pattern(layer)` ([batch, head, query, key]), one hook per layer that edits
   every chosen head of that layer: `attention_override_hooks` replaces the query row of one position per

@@ -66,7 +66,7 @@ def final_scale(weights: GPT2Weights, final: torch.Tensor) -> torch.Tensor:
     return (centred.pow(2).mean(-1) + weights.eps).sqrt()
 
 
-def end_logits(weights: GPT2Weights, final: torch.Tensor) -> torch.Tensor:
+def final_logits(weights: GPT2Weights, final: torch.Tensor) -> torch.Tensor:
     """Logits [..., d_vocab] from final residual rows [..., d]."""
     x = layer_norm(final, weights.lnf_w, weights.lnf_b, weights.eps)
     return x @ weights.model.W_U + weights.model.b_U

@@ -31,7 +31,7 @@ per condition from its lowest edited layer up; the tables are the same either wa
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,8 @@ from circuit_reuse import end_edits
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets.core import DatasetError, TaskDataset
 from circuit_reuse.datasets.vocab import encode
-from circuit_reuse.edits import Condition, EditError, heads_by_layer, role_positions
+from circuit_reuse.edits import Condition, EditError, Hook, heads_by_layer, role_positions
+from circuit_reuse.models import model_device
 from circuit_reuse.patching import GPT2Weights
 from circuit_reuse.readouts import head_rows, readout_hooks, readout_weights
 from circuit_reuse.statistics import bootstrap_ci
@@ -61,13 +62,6 @@ SUMMARY_COLUMNS = [
     "prob_target_mean",
     "beats_distractor_rate",
 ]
-
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
 
 
 def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
@@ -110,23 +104,94 @@ def check_tokenizer(model: Any, dataset: TaskDataset, n_check: int = 8) -> None:
 
 
 @torch.no_grad()
-def end_logits(
-    model: Any, tokens: torch.Tensor, end: torch.Tensor, batch_size: int = 32, desc: str = "", progress=True
-):
-    """Logits at each prompt's END position, [n, d_vocab] float32 on the CPU, in batches with a progress bar."""
+def end_logits(model: Any, tokens: torch.Tensor, end: torch.Tensor, hooks: Sequence[Hook] = ()) -> torch.Tensor:
+    """One batch's logits at each prompt's END under `hooks`: [batch, d_vocab], float64, on the model's device.
+
+    Prompts are right-padded; the batch is trimmed to its longest prompt, and causal attention keeps END
+    blind to the padding after it.
+    """
+    width = int(end.max()) + 1
+    logits = model.run_with_hooks(tokens[:, :width].to(model_device(model)), fwd_hooks=list(hooks))
+    rows = torch.arange(tokens.shape[0], device=logits.device)
+    return logits[rows, end.to(logits.device)].double()
+
+
+def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
+    """The dataset's own metric of each prompt from its logits at END."""
+    device = logits_at_end.device
+    return batch.metric(logits_at_end, batch.metric_tokens.to(device), batch.metric_weights.to(device))
+
+
+def end_columns(logits: torch.Tensor, batch: TaskDataset, prompts: str, tokenizer: Any = None) -> dict[str, Any]:
+    """The per-prompt columns of the module doc, from one batch's logits at END ([batch, d_vocab]).
+
+    `prompts` says which prompts ran: "clean" (the positive-weight metric tokens are the targets) or
+    "corrupted" (the negative-weight ones are).
+    """
+    if prompts not in CONDITIONS:
+        raise ValueError(f"prompts must be one of {CONDITIONS}, not {prompts!r}")
+    logits = logits.double()
+    tokens = batch.metric_tokens.to(logits.device)
+    weights = batch.metric_weights.to(logits.device)
+    targets = weights > 0 if prompts == "clean" else weights < 0
+    distractors = (weights != 0) & ~targets
+    picked = logits.gather(1, tokens)
+    logit_target = picked.masked_fill(~targets, -math.inf).max(dim=1).values
+    logit_distractor = picked.masked_fill(~distractors, -math.inf).max(dim=1).values
+    probs = torch.softmax(logits, dim=-1)
+    top = logits.argmax(dim=-1)
+    return {
+        "answer": batch.answer_tokens[:, 0].numpy(),
+        "wrong": batch.answer_tokens[:, 1].numpy(),
+        "metric": task_metric(logits, batch).cpu().numpy(),
+        "logit_target": logit_target.cpu().numpy(),
+        "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).cpu().numpy(),
+        "top_token": top.cpu().numpy(),
+        "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
+        "target_rank": (logits > logit_target[:, None]).sum(dim=-1).cpu().numpy(),
+        "correct": ((tokens == top[:, None]) & targets).any(dim=1).cpu().numpy(),
+        "beats_distractor": (logit_target > logit_distractor).cpu().numpy(),
+    }
+
+
+def _end_tables(
+    model: Any,
+    dataset: TaskDataset,
+    runs: Sequence[tuple[str, str, Callable[[TaskDataset], list[Hook]]]],
+    batch_size: int,
+    progress: bool,
+    after_batch: Callable[[str, TaskDataset, np.ndarray], None] | None = None,
+    batch_logits: Callable[[TaskDataset], Iterator[torch.Tensor]] | None = None,
+) -> pd.DataFrame:
+    """The evaluator every table of this module comes from: for each run (condition name, which prompts,
+    the hooks for a batch), every prompt in batches, one row per prompt: task, prompt, condition,
+    metric_name and `end_columns`. `after_batch(condition, batch, prompt indices)` is called after each
+    run's forward pass on a batch (readouts collect what the hooks recorded). `batch_logits(batch)`, when
+    given, replaces the hooked passes: it yields every run's logits at END for the batch, in run order
+    (the END-only engine, `circuit_reuse.end_edits`). Batches are the outer loop, so such an engine shares
+    work between runs; the table is run-major all the same."""
     from tqdm.auto import tqdm
 
-    device = model_device(model)
-    out = []
-    starts = range(0, tokens.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        batch = tokens[start : start + batch_size]
-        # Right padding: trim to this batch's longest prompt; causal attention keeps END blind to padding.
-        width = int(end[start : start + batch_size].max()) + 1
-        logits = model(batch[:, :width].to(device))
-        rows = torch.arange(batch.shape[0], device=logits.device)
-        out.append(logits[rows, end[start : start + batch_size].to(logits.device)].float().cpu())
-    return torch.cat(out)
+    tokenizer = getattr(model, "tokenizer", None)
+
+    def hooked(batch: TaskDataset) -> Iterator[torch.Tensor]:
+        for _, prompts, hooks in runs:
+            tokens = batch.clean_tokens if prompts == "clean" else batch.corrupted_tokens
+            yield end_logits(model, tokens, batch.end, hooks(batch))
+
+    frames: list[list[pd.DataFrame]] = [[] for _ in runs]
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=dataset.task, unit="batch", disable=not progress):
+        batch = dataset.subset(slice(start, start + batch_size))
+        index = np.arange(start, start + len(batch))
+        for i, logits in enumerate((batch_logits or hooked)(batch)):
+            condition, prompts, _ = runs[i]
+            columns = {"task": dataset.task, "prompt": index, "condition": condition, "metric_name": batch.metric.name}
+            frames[i].append(pd.DataFrame({**columns, **end_columns(logits, batch, prompts, tokenizer)}))
+            if after_batch is not None:
+                after_batch(condition, batch, index)
+    ordered = [frame for run in frames for frame in run]
+    return pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
 
 
 def evaluate(
@@ -141,44 +206,13 @@ def evaluate(
     """
     if check:
         check_tokenizer(model, dataset)
-    metric = dataset.metric
-    tokens, weights = dataset.metric_tokens, dataset.metric_weights
-    tokenizer = getattr(model, "tokenizer", None)
-    rows = torch.arange(len(dataset))
-    frames = []
-    for condition, prompts in (("clean", dataset.clean_tokens), ("corrupted", dataset.corrupted_tokens)):
-        logits = end_logits(model, prompts, dataset.end, batch_size, f"{dataset.task} {condition}", progress)
-        probs = torch.softmax(logits, dim=-1)
-        targets = weights > 0 if condition == "clean" else weights < 0
-        distractors = (weights != 0) & ~targets
-        picked = logits.gather(1, tokens)
-        logit_target = picked.masked_fill(~targets, -math.inf).max(dim=1).values
-        logit_distractor = picked.masked_fill(~distractors, -math.inf).max(dim=1).values
-        top = logits.argmax(dim=-1)
-        frame = pd.DataFrame(
-            {
-                "task": dataset.task,
-                "prompt": rows.numpy(),
-                "condition": condition,
-                "metric_name": metric.name,
-                "answer": dataset.answer_tokens[:, 0].numpy(),
-                "wrong": dataset.answer_tokens[:, 1].numpy(),
-                "metric": metric(logits, tokens, weights).numpy(),
-                "logit_target": logit_target.numpy(),
-                "prob_target": (probs.gather(1, tokens) * targets).sum(dim=1).numpy(),
-                "top_token": top.numpy(),
-                "top_str": [tokenizer.decode([t]) for t in top.tolist()] if tokenizer is not None else None,
-                "target_rank": (logits > logit_target[:, None]).sum(dim=-1).numpy(),
-                "correct": ((tokens == top[:, None]) & targets).any(dim=1).numpy(),
-                "beats_distractor": (logit_target > logit_distractor).numpy(),
-            }
-        )
-        frame["text"] = [r.get(f"{condition}_text") for r in dataset.records] if dataset.records else None
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
+    table = _end_tables(model, dataset, [(c, c, lambda batch: []) for c in CONDITIONS], batch_size, progress)
     if dataset.records:
+        table["text"] = [r.get(f"{c}_text") for c in CONDITIONS for r in dataset.records]
         for key, values in _scalar_fields(dataset.records, set(table.columns)).items():
             table[key] = values * len(CONDITIONS)
+    else:
+        table["text"] = None
     return table
 
 
@@ -230,11 +264,6 @@ def summarize(
 # Prompts under attention edits (circuit_reuse.edits), with optional per-head readouts
 
 
-def _batches(dataset: TaskDataset, batch_size: int) -> Iterator[tuple[int, TaskDataset]]:
-    for start in range(0, len(dataset), batch_size):
-        yield start, dataset.subset(slice(start, start + batch_size))
-
-
 ENGINES = ("auto", "fast", "hooks")
 
 
@@ -261,42 +290,30 @@ def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], 
     return "hooks" if why_not else "fast"
 
 
-def _hooked_runs(model, batch: TaskDataset, conditions, readout_layers) -> Iterator[tuple]:
-    """Per condition, one hooked forward pass: logits at END [batch, d_vocab] and the readouts seen."""
-    device = model_device(model)
-    end = batch.end.to(device)
-    rows = torch.arange(len(batch), device=device)
-    width = int(batch.end.max()) + 1  # right padding after the last END is never read
-    tokens = batch.clean_tokens[:, :width].to(device)
-    for condition in conditions:
-        hooks = condition.hooks(batch)
-        seen: dict[str, torch.Tensor] = {}
-        if readout_layers:
-            hooks += readout_hooks(readout_layers, rows, end, seen)
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        yield logits[rows, end], seen
+def _end_only_logits(model, conditions: Sequence[Condition], readout_layers, seen: dict):
+    """`_end_tables`' batch_logits for the END-only engine: one clean pass per batch, then END alone per
+    condition; before each condition's logits are yielded, `seen` holds its readouts as `readout_hooks`
+    would have recorded them."""
+    weights = GPT2Weights(model)
 
+    def batch_logits(batch: TaskDataset) -> Iterator[torch.Tensor]:
+        device = model_device(model)
+        tokens = batch.clean_tokens[:, : int(batch.end.max()) + 1].to(device)
+        edit_sets = [condition.end_edits(batch) for condition in conditions]
+        run = end_edits.run_end_edits(weights, tokens, batch.end.to(device), edit_sets, readout_layers)
+        for i in range(len(conditions)):
+            seen.clear()
+            if readout_layers:
+                seen["scale"] = end_edits.final_scale(weights, run.final[i])
+                for layer in readout_layers:
+                    seen[f"pattern.{layer}"], seen[f"z.{layer}"] = run.patterns[layer][i], run.z[layer][i]
+            yield end_edits.final_logits(weights, run.final[i]).double()
 
-def _fast_runs(
-    weights: GPT2Weights, batch: TaskDataset, conditions, readout_layers
-) -> Iterator[tuple[torch.Tensor, dict]]:
-    """The same from one clean pass and END alone per condition (`circuit_reuse.end_edits`)."""
-    device = weights.model.W_U.device
-    width = int(batch.end.max()) + 1
-    tokens = batch.clean_tokens[:, :width].to(device)
-    edit_sets = [condition.end_edits(batch) for condition in conditions]
-    run = end_edits.run_end_edits(weights, tokens, batch.end.to(device), edit_sets, readout_layers)
-    for i in range(len(conditions)):
-        seen = {}
-        if readout_layers:
-            seen["scale"] = end_edits.final_scale(weights, run.final[i])
-            for layer in readout_layers:
-                seen[f"pattern.{layer}"], seen[f"z.{layer}"] = run.patterns[layer][i], run.z[layer][i]
-        yield end_edits.end_logits(weights, run.final[i]), seen
+    return batch_logits
 
 
 @torch.no_grad()
-def _evaluate_conditions(
+def _run_conditions(
     model,
     dataset: TaskDataset,
     conditions: Sequence[Condition],
@@ -304,59 +321,45 @@ def _evaluate_conditions(
     readout_heads: Sequence[Head],
     readout_roles: Sequence[str],
     progress: bool,
-    engine: str,
+    engine: str = "auto",
     read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from tqdm.auto import tqdm
-
-    device = model_device(model)
-    readout_layers = heads_by_layer(readout_heads)
-    weights = readout_weights(model) if readout_heads else None
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise EditError(f"condition names must be unique: {names}")
-    if choose_engine(model, dataset, conditions, engine) == "fast":
-        gpt2 = GPT2Weights(model)
-        runs = lambda batch: _fast_runs(gpt2, batch, conditions, readout_layers)  # noqa: E731
-    else:
-        runs = lambda batch: _hooked_runs(model, batch, conditions, readout_layers)  # noqa: E731
-    # Batches outer, conditions inner (the fast engine shares a batch's clean pass), tables condition-major.
-    prompt_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    readout_layers = heads_by_layer(readout_heads)
+    weights = readout_weights(model) if readout_heads else None
+    device = model_device(model)
+    seen: dict[str, torch.Tensor] = {}
     head_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
-    n_batches = math.ceil(len(dataset) / batch_size)
-    bar = tqdm(_batches(dataset, batch_size), total=n_batches, desc="conditions", disable=not progress)
-    for start, batch in bar:
-        rows = torch.arange(len(batch), device=device)
-        answers = batch.answer_tokens.to(device)
-        prompts = np.arange(start, start + len(batch))
-        for condition, (final, seen) in zip(conditions, runs(batch), strict=True):
-            final = final.double()
-            log_probs = final.log_softmax(-1)
-            predicted = final.argmax(-1)
-            prompt_parts[condition.name].append(
-                pd.DataFrame(
-                    {
-                        "condition": condition.name,
-                        "prompt": prompts,
-                        "answer_token": answers[:, 0].cpu().numpy(),
-                        "wrong_token": answers[:, 1].cpu().numpy(),
-                        "predicted_token": predicted.cpu().numpy(),
-                        "correct": (predicted == answers[:, 0]).cpu().numpy(),
-                        "metric": batch.metric(final, batch.metric_tokens, batch.metric_weights).cpu().numpy(),
-                        "answer_prob": log_probs[rows, answers[:, 0]].exp().cpu().numpy(),
-                    }
-                )
+
+    def hooks_for(condition: Condition) -> Callable[[TaskDataset], list[Hook]]:
+        def hooks(batch: TaskDataset) -> list[Hook]:
+            edits = condition.hooks(batch)
+            if not readout_heads:
+                return edits
+            seen.clear()
+            rows = torch.arange(len(batch), device=device)
+            # Readers go after the edits, so they see the pattern the head actually used.
+            return edits + readout_hooks(readout_layers, rows, batch.end.to(device), seen)
+
+        return hooks
+
+    def collect(condition: str, batch: TaskDataset, prompts: np.ndarray) -> None:
+        if read is None or condition in read:
+            head_parts[condition].append(
+                head_rows(batch, condition, prompts, readout_layers, readout_roles, seen, weights)
             )
-            if readout_heads and (read is None or condition.name in read):
-                head_parts[condition.name].append(
-                    head_rows(batch, condition.name, prompts, readout_layers, readout_roles, seen, weights)
-                )
-    in_order = lambda parts: [part for name in names for part in parts[name]]  # noqa: E731
-    return _concat(in_order(prompt_parts)), _concat(in_order(head_parts))
 
-
-def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    fast = choose_engine(model, dataset, conditions, engine) == "fast"
+    batch_logits = _end_only_logits(model, conditions, readout_layers, seen) if fast else None
+    runs = [(c.name, "clean", hooks_for(c)) for c in conditions]
+    prompt_table = _end_tables(
+        model, dataset, runs, batch_size, progress, collect if readout_heads else None, batch_logits
+    )
+    ordered = [part for name in names for part in head_parts[name]]
+    head_table = pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
+    return prompt_table, head_table
 
 
 def run_conditions(
@@ -368,14 +371,13 @@ def run_conditions(
     progress: bool = True,
     engine: str = "auto",
 ) -> pd.DataFrame:
-    """One row per condition and prompt: the prediction at END under that condition's attention edits.
+    """One row per condition and prompt: the clean prompt at END under that condition's edits.
 
-    Columns: condition, prompt (index in the dataset), answer_token, wrong_token, predicted_token (argmax
-    over the whole vocabulary), correct (predicted == answer), metric (the task's metric, e.g.
-    logit(answer) - logit(wrong)), answer_prob (softmax probability of the answer). `engine` (see
-    `choose_engine`) says how the numbers are computed, not what they are.
+    Columns: task, prompt (index in the dataset), condition (its name), metric_name, answer, wrong, metric,
+    logit_target, prob_target, top_token, top_str, target_rank, correct, beats_distractor: `evaluate`'s,
+    from the same code.
     """
-    return _evaluate_conditions(model, dataset, conditions, batch_size, (), (), progress, engine)[0]
+    return _run_conditions(model, dataset, conditions, batch_size, (), (), progress, engine)[0]
 
 
 def run_conditions_with_readouts(
@@ -391,13 +393,13 @@ def run_conditions_with_readouts(
     read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`run_conditions` plus, from the same runs, one row per condition (those named in `read`, every one
-    when None), prompt and readout head.
+    when None), prompt and readout head. `engine`: see `choose_engine`.
 
     Head columns: condition, prompt, layer, head, attn_{role} (attention from END to each readout role,
     after any edit), dla (direct logit attribution to logit(answer) - logit(wrong), see
     `head_logit_attribution`) and dla_answer (the same onto the answer's unembedding alone).
     """
     readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
-    return _evaluate_conditions(
+    return _run_conditions(
         model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine, read
     )

@@ -18,7 +18,6 @@ circuit's heads are kept while the other task's prompts, metric and reference di
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +29,14 @@ from tqdm.auto import tqdm
 
 from circuit_reuse.ablation import (
     ABLATIONS,
-    ablated_end_logits,
     reference_outputs,
     replacement_outputs,
 )
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
-from circuit_reuse.edits import check_heads
+from circuit_reuse.edits import ablation_hooks, check_heads
+from circuit_reuse.evaluation import end_logits, task_metric
+from circuit_reuse.statistics import keyed_rng
 
 CURVE_PERCENTS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 PROMPT_COLUMNS = ["circuit", "n_heads", "ablation", "prompt", "metric_circuit", "metric_model", "metric_empty", "f"]
@@ -48,11 +48,6 @@ SUMMARY_COLUMNS = [
 
 class FaithfulnessError(ValueError):
     """A faithfulness run was asked for with inputs that do not define it."""
-
-
-def task_metric(logits_at_end: torch.Tensor, batch: TaskDataset) -> torch.Tensor:
-    """The dataset's own metric of each prompt from its logits at END."""
-    return batch.metric(logits_at_end, batch.metric_tokens, batch.metric_weights)
 
 
 @torch.no_grad()
@@ -113,7 +108,9 @@ def faithfulness_per_prompt(
 
 
 def _measure(model, batch: TaskDataset, keep, replacement: torch.Tensor) -> torch.Tensor:
-    return task_metric(ablated_end_logits(model, batch.clean_tokens, batch.end, keep, replacement), batch)
+    """The task's metric at END of each prompt of `batch`, every head outside `keep` replaced: [batch], CPU."""
+    hooks = ablation_hooks(keep, replacement, model.cfg.n_layers, model.cfg.n_heads)
+    return task_metric(end_logits(model, batch.clean_tokens, batch.end, hooks), batch).cpu()
 
 
 def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
@@ -160,7 +157,7 @@ def random_circuits(heads: Iterable[Head], n_heads: int, repeats: int, seed: int
         raise FaithfulnessError("random circuits are matched to a circuit, and this one is empty")
     circuits = []
     for repeat in range(repeats):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode()), repeat]))
+        rng = keyed_rng(seed, key, repeat)
         chosen = [
             (layer, int(head))
             for layer, count in sorted(per_layer.items())

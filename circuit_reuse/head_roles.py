@@ -12,19 +12,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 
 from circuit_reuse.circuits import Head
+from circuit_reuse.hook_names import attention_pattern, residual_post
+from circuit_reuse.models import model_device
 
 DETECTORS = ("previous_token", "duplicate_token", "induction")
 # A head is labelled by a detector only when at least this share of its attention follows the pattern.
 DETECTOR_MIN_SCORE = 0.1
-
-
-def _pattern_hook_names(n_layers: int) -> list[str]:
-    return [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
 
 
 @torch.no_grad()
@@ -34,13 +31,13 @@ def detector_scores(model, seq_len: int = 40, n_sequences: int = 16, seed: int =
     generator = torch.Generator().manual_seed(seed)
     # Avoid the lowest ids (bytes and punctuation) so the sequences look like ordinary text tokens.
     half = torch.randint(1000, model.cfg.d_vocab - 1000, (n_sequences, seq_len), generator=generator)
-    tokens = torch.cat([half, half], dim=1).to(model.cfg.device)
-    names = set(_pattern_hook_names(n_layers))
+    tokens = torch.cat([half, half], dim=1).to(model_device(model))
+    names = {attention_pattern(l) for l in range(n_layers)}
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     second = torch.arange(seq_len, 2 * seq_len)
     rows = []
     for l in range(n_layers):
-        pattern = cache[f"blocks.{l}.attn.hook_pattern"].float().cpu()  # [batch, head, query, key]
+        pattern = cache[attention_pattern(l)].float().cpu()  # [batch, head, query, key]
         previous = pattern[:, :, torch.arange(1, 2 * seq_len), torch.arange(0, 2 * seq_len - 1)].mean(dim=(0, 2))
         duplicate = pattern[:, :, second, second - seq_len].mean(dim=(0, 2))
         induction = pattern[:, :, second[:-1], second[:-1] - seq_len + 1].mean(dim=(0, 2))
@@ -60,11 +57,11 @@ def detector_scores(model, seq_len: int = 40, n_sequences: int = 16, seed: int =
 @torch.no_grad()
 def copy_scores(model, answer_tokens: list[int] | torch.Tensor) -> pd.DataFrame:
     """Copy and negative copy scores of every head's OV circuit on a set of answer tokens."""
-    answers = torch.as_tensor(sorted(set(int(t) for t in answer_tokens)), device=model.cfg.device)
+    answers = torch.as_tensor(sorted(set(int(t) for t in answer_tokens)), device=model_device(model))
     if len(answers) < 2:
         raise ValueError("copy scores need at least two distinct answer tokens")
-    _, cache = model.run_with_cache(answers[:, None], names_filter=lambda name: name == "blocks.0.hook_resid_post")
-    embedded = cache["blocks.0.hook_resid_post"][:, 0]  # each token's representation after layer 0
+    _, cache = model.run_with_cache(answers[:, None], names_filter=lambda name: name == residual_post(0))
+    embedded = cache[residual_post(0)][:, 0]  # each token's representation after layer 0
     expected = torch.arange(len(answers), device=answers.device)
     rows = []
     for l in range(model.cfg.n_layers):
@@ -95,12 +92,12 @@ def attention_share(
     if not heads:
         return {}
     layers = sorted({l for l, _ in heads})
-    names = {f"blocks.{l}.attn.hook_pattern" for l in layers}
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda name: name in names)
+    names = {attention_pattern(l) for l in layers}
+    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=lambda name: name in names)
     rows = torch.arange(tokens.shape[0])
     shares = {}
     for l, h in heads:
-        pattern = cache[f"blocks.{l}.attn.hook_pattern"][:, h].float().cpu()  # [n, query, key]
+        pattern = cache[attention_pattern(l)][:, h].float().cpu()  # [n, query, key]
         from_query = pattern[rows, query_positions.cpu()]  # [n, key]
         shares[(l, h)] = float((from_query * key_mask.float()).sum(dim=-1).mean())
     return shares
@@ -127,11 +124,3 @@ def label_role(stage_kind: str, score: float, evidence: dict[str, float]) -> str
         best = max(DETECTORS, key=lambda d: evidence.get(d, float("-inf")))
         return best if evidence.get(best, float("-inf")) >= DETECTOR_MIN_SCORE else "other"
     raise ValueError(f"unknown stage kind {stage_kind!r}; expected logits, query or key_value")
-
-
-def detector_grid(table: pd.DataFrame, column: str) -> np.ndarray:
-    """A [layer, head] grid of one column of a per-head table."""
-    n_layers, n_heads = table["layer"].max() + 1, table["head"].max() + 1
-    grid = np.full((n_layers, n_heads), np.nan)
-    grid[table["layer"], table["head"]] = table[column]
-    return grid

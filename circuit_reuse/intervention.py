@@ -22,7 +22,6 @@ dataset names the roles involved; the edits are `circuit_reuse.edits`, the forwa
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,24 +33,13 @@ from circuit_reuse.circuits import Head, heads_label
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.edits import BASELINE, Block, Condition, EditError, Override, check_heads
 from circuit_reuse.evaluation import run_conditions, run_conditions_with_readouts
+from circuit_reuse.paper import PAPER_CONDITIONS
 from circuit_reuse.readouts import mover_readouts, mover_spearman
-from circuit_reuse.statistics import bootstrap_accuracy
+from circuit_reuse.statistics import bootstrap_means, keyed_rng, percentile_interval
 from circuit_reuse.tasks import intervention_plan, registered_tasks
 
 BLOCK_CONDITION = "content_gatherers_blocked"
 HEAD_SETS = ("inhibition", "negative_mover", "content_gatherers", "movers")
-
-# The GPT-2 medium heads and conditions of the paper's intervention.
-PAPER_HEADS: dict[str, tuple[Head, ...]] = {
-    "inhibition": ((12, 3), (13, 4), (13, 13)),
-    "negative_mover": ((19, 1),),
-    "content_gatherers": ((11, 6), (11, 7), (12, 15)),
-}
-PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
-    "inhibition": ("inhibition",),
-    "negative_mover": ("negative_mover",),
-    "both": ("inhibition", "negative_mover"),
-}
 
 
 class InterventionError(EditError):
@@ -94,38 +82,39 @@ def accuracy_table(
 ) -> pd.DataFrame:
     """One row per condition: accuracy with a percentile-bootstrap interval, and the change from `baseline`.
 
-    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_metric (the task's metric), mean_answer_prob, fixed
+    Columns: condition, n_prompts, accuracy, ci_low, ci_high, mean_metric (the task's metric),
+    mean_answer_prob (mean `prob_target`, the probability of the condition's answers), fixed
     (wrong under the baseline, right here), introduced (right under the baseline, wrong here),
     delta_accuracy (= (fixed - introduced) / n_prompts), delta_ci_low, delta_ci_high (paired bootstrap),
     n_boot, boot_seed. Without a baseline condition the change columns are NaN.
     """
     order, correct = _correct_matrix(per_prompt)
     n = correct.shape[1]
-    draws = bootstrap_accuracy(correct, n_boot, seed)
-    tail = (1 - level) / 2 * 100
+    draws = bootstrap_means(correct, n_boot, seed)
     has_base = baseline in order
     base = order.index(baseline) if has_base else None
-    means = per_prompt.groupby("condition")[["metric", "answer_prob"]].mean()
+    means = per_prompt.groupby("condition")[["metric", "prob_target"]].mean()
     rows = []
     for i, name in enumerate(order):
+        low, high = percentile_interval(draws[i], level)
         row = {
             "condition": name,
             "n_prompts": n,
             "accuracy": correct[i].mean(),
-            "ci_low": np.percentile(draws[i], tail) if n_boot else np.nan,
-            "ci_high": np.percentile(draws[i], 100 - tail) if n_boot else np.nan,
+            "ci_low": low,
+            "ci_high": high,
             "mean_metric": means.loc[name, "metric"],
-            "mean_answer_prob": means.loc[name, "answer_prob"],
+            "mean_answer_prob": means.loc[name, "prob_target"],
         }
         if has_base:
             before, now = correct[base].astype(bool), correct[i].astype(bool)
-            delta = draws[i] - draws[base]
+            delta_low, delta_high = percentile_interval(draws[i] - draws[base], level)
             row.update(
                 fixed=int((~before & now).sum()),
                 introduced=int((before & ~now).sum()),
                 delta_accuracy=(now.sum() - before.sum()) / n,
-                delta_ci_low=np.percentile(delta, tail) if n_boot else np.nan,
-                delta_ci_high=np.percentile(delta, 100 - tail) if n_boot else np.nan,
+                delta_ci_low=delta_low,
+                delta_ci_high=delta_high,
             )
         else:
             row.update(
@@ -140,12 +129,7 @@ def accuracy_table(
 # Random-head controls
 
 
-def _stable_key(key: str) -> int:
-    return zlib.crc32(key.encode())
-
-
 def random_head_sets(
-    n_layers: int,
     n_heads: int,
     heads: Sequence[Head],
     repeats: int,
@@ -171,7 +155,7 @@ def random_head_sets(
         )
     sets = []
     for repeat in range(repeats):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _stable_key(key), repeat]))
+        rng = keyed_rng(seed, key, repeat)
         pick = rng.choice(len(pool), size=len(heads), replace=False)
         sets.append(sorted(pool[i] for i in pick))
     return sets
@@ -181,9 +165,7 @@ def random_head_conditions(
     model, condition: Condition, repeats: int, seed: int, exclude: Iterable[Head] = ()
 ) -> list[Condition]:
     """The condition's edits on random heads (see `random_head_sets`), named "{condition}/random{repeat}"."""
-    sets = random_head_sets(
-        model.cfg.n_layers, model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name
-    )
+    sets = random_head_sets(model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name)
     return [
         condition.remap(dict(zip(condition.heads, chosen, strict=True)), name=f"{condition.name}/random{repeat}")
         for repeat, chosen in enumerate(sets)
@@ -218,7 +200,7 @@ def control_rows(
             "layer_max": max(layer for layer, _ in chosen),
             "accuracy": correct.mean(),
             "mean_metric": table["metric"].mean(),
-            "mean_answer_prob": table["answer_prob"].mean(),
+            "mean_answer_prob": table["prob_target"].mean(),
             "fixed": np.nan,
             "introduced": np.nan,
         }
@@ -255,11 +237,11 @@ def controls_summary(
 
     frac_random_at_least is the share of random repeats whose accuracy reaches the intervened one.
     """
-    tail = (1 - level) / 2 * 100
     rows = []
     for name, group in controls.groupby("condition", sort=False):
         acc = group["accuracy"].to_numpy(dtype=float)
         target = intervened_accuracy.get(name, np.nan)
+        low, high = percentile_interval(acc, level)
         rows.append(
             {
                 "condition": name,
@@ -268,8 +250,8 @@ def controls_summary(
                 "seed": int(group["seed"].iloc[0]),
                 "random_mean": acc.mean(),
                 "random_std": acc.std(ddof=1) if len(acc) > 1 else np.nan,
-                "random_low": np.percentile(acc, tail),
-                "random_high": np.percentile(acc, 100 - tail),
+                "random_low": low,
+                "random_high": high,
                 "frac_random_at_least": float((acc >= target).mean()) if not math.isnan(target) else np.nan,
             }
         )
@@ -532,9 +514,6 @@ def intervention_experiment(
         read=shown,
     )
     per_prompt = every_prompt[every_prompt["condition"].isin(shown)].reset_index(drop=True)
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        per_prompt.insert(5, "predicted", [tokenizer.decode([int(t)]) for t in per_prompt["predicted_token"]])
     per_prompt = prompt_changes(per_prompt)
 
     stats = accuracy_table(per_prompt, settings.n_boot, settings.boot_seed).set_index("condition")

@@ -225,6 +225,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_device(model: Any) -> torch.device:
+    """The device a loaded model's weights are on (the CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
 def load_tokenizer(model_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 

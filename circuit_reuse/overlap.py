@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_reuse.circuits import Circuit, Head, select_heads
+from circuit_reuse.statistics import percentile_interval
 
 TOP_LOGIT_HEADS = 10  # the paper's appendix compares the top-10 heads of the logits stage in GPT-2 large and XL
 
@@ -99,11 +100,10 @@ def threshold_sensitivity(
         )
         row = {"top_percent": p, **overlap.as_dict()}
         if limits_a is not None and limits_b is not None:
-            n_layers, n_heads = next(iter(grids_a.values())).shape
+            n_heads = next(iter(grids_a.values())).shape[1]
             chance = chance_overlap(
                 [(len(heads), limits_a[name]) for name, heads in selected_a.items()],
                 [(len(heads), limits_b[name]) for name, heads in selected_b.items()],
-                n_layers,
                 n_heads,
                 overlap.iou,
                 repeats=repeats,
@@ -120,7 +120,6 @@ def circuit_overlap(a: Circuit, b: Circuit, repeats: int = 10_000, seed: int = 0
     chance = chance_overlap(
         [(len(s.heads), s.below_layer) for s in a.stages],
         [(len(s.heads), s.below_layer) for s in b.stages],
-        a.n_layers,
         a.n_heads,
         overlap.iou,
         repeats=repeats,
@@ -129,7 +128,7 @@ def circuit_overlap(a: Circuit, b: Circuit, repeats: int = 10_000, seed: int = 0
     return {"model": a.model, "task_a": a.task, "task_b": b.task, **overlap.as_dict(), **chance}
 
 
-def random_circuit(stages: Sequence[Stage], n_layers: int, n_heads: int, rng: np.random.Generator) -> set[Head]:
+def random_circuit(stages: Sequence[Stage], n_heads: int, rng: np.random.Generator) -> set[Head]:
     """A random head set built like a circuit: per stage, that many distinct heads below its limit layer."""
     heads: set[Head] = set()
     for count, below_layer in stages:
@@ -144,7 +143,6 @@ def random_circuit(stages: Sequence[Stage], n_layers: int, n_heads: int, rng: np
 def chance_overlap(
     stages_a: Sequence[Stage],
     stages_b: Sequence[Stage],
-    n_layers: int,
     n_heads: int,
     observed_iou: float,
     repeats: int = 10_000,
@@ -158,13 +156,11 @@ def chance_overlap(
     rng = np.random.default_rng(seed)
     draws = np.array(
         [
-            head_overlap(
-                random_circuit(stages_a, n_layers, n_heads, rng), random_circuit(stages_b, n_layers, n_heads, rng)
-            ).iou
+            head_overlap(random_circuit(stages_a, n_heads, rng), random_circuit(stages_b, n_heads, rng)).iou
             for _ in range(repeats)
         ]
     )
-    low, high = np.percentile(draws, [2.5, 97.5])
+    low, high = percentile_interval(draws, 0.95)
     return {
         "chance_iou_mean": float(draws.mean()),
         "chance_iou_low": float(low),

@@ -1,4 +1,7 @@
-"""The paper's headline numbers as data, and this run's numbers set beside them.
+"""The paper's heads and headline numbers as data, and this run's numbers set beside them.
+
+`PAPER_HEADS` names the heads the paper names, per paper model and role, and `PAPER_CONDITIONS` the
+intervention's conditions (which head sets each overrides); every other module and notebook reads them here.
 
 `PAPER_NUMBERS` restates the numbers of Merullo et al. (ICLR 2024) that this workflow measures, one row per
 (paper model, family, metric), in the units the comparison uses: accuracies and rates in percent, logit
@@ -22,6 +25,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from circuit_reuse.circuits import Head
+
+# The heads named in the text, (layer, head) per paper model and role. GPT-2 medium's are Merullo et al.'s
+# (Sec. 4 and 5; the text once calls the inhibition head 13.13 "13.14", the authors' code uses 13.13), with
+# the movers shared by IOI and Colored Objects and the negative mover apart. GPT-2 small's are Wang et al.'s
+# IOI circuit (name movers, S-inhibition and induction heads), which the paper builds on.
+PAPER_HEADS: dict[str, dict[str, tuple[Head, ...]]] = {
+    "gpt2-small": {
+        "movers": ((9, 9), (9, 6), (10, 0)),
+        "inhibition": ((7, 3), (7, 9), (8, 6), (8, 10)),
+        "induction": ((5, 5), (5, 8), (5, 9), (6, 9)),
+    },
+    "gpt2-medium": {
+        "movers": ((15, 14), (16, 15), (17, 4), (18, 5), (19, 15)),
+        "negative_mover": ((19, 1),),
+        "inhibition": ((12, 3), (13, 4), (13, 13)),
+        "content_gatherers": ((11, 6), (11, 7), (12, 15)),
+        "induction": ((9, 3),),
+    },
+}
+# The share of heads the paper keeps at every discovery stage (Sec. 4: the top 2%, about 8 of GPT-2 medium's 384).
+PAPER_TOP_PERCENT = 2.0
+# The intervention's conditions (Sec. 5): each overrides the attention of the named head sets.
+PAPER_CONDITIONS: dict[str, tuple[str, ...]] = {
+    "inhibition": ("inhibition",),
+    "negative_mover": ("negative_mover",),
+    "both": ("inhibition", "negative_mover"),
+}
+
 PAPER_MODELS = {"gpt2": "gpt2-small", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
 PAPER_COLUMNS = ["model", "family", "metric", "value", "unit", "source"]
 COMPARISON_COLUMNS = [
@@ -29,7 +61,9 @@ COMPARISON_COLUMNS = [
 ]  # fmt: skip
 FAMILIES = ("baseline", "overlap", "faithfulness", "intervention", "movers")
 # The factor that takes a run's value (as its tables store it) to the paper's unit.
-UNIT_SCALE = {"%": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0}
+UNIT_SCALE = {
+    "%": 100.0, "pp": 100.0, "logits": 1.0, "fraction": 1.0, "heads": 1.0, "prompts": 1.0, "rho": 1.0, "ratio": 1.0,
+}  # fmt: skip
 
 _ROWS = [
     ("gpt2-small", "baseline", "ioi.metric_mean", 3.56, "logits",
@@ -74,6 +108,14 @@ _ROWS = [
      "Sec. 5: content gatherers 11.6, 11.7, 12.15 blocked from the question (random heads: 49.9 +/- 1.0)"),
     ("gpt2-medium", "intervention", "content_gatherers_blocked.random_accuracy", 49.9, "%",
      "Sec. 5: random heads blocked instead of the content gatherers (+/- 1.0)"),
+    ("gpt2-medium", "movers", "both.attn_answer_change", 2.7, "pp",
+     "Sec. 5: under the full intervention the mover heads attend 2.7% more to the right colour (read as "
+     "percentage points of attention, averaged over the movers)"),
+    ("gpt2-medium", "movers", "both.attn_wrong_change", -8.7, "pp",
+     "Sec. 5: under the full intervention the mover heads attend 8.7% less to the wrong colours (percentage "
+     "points, averaged over the movers)"),
+    ("gpt2-medium", "movers", "both.dla_ratio", 3.0, "ratio",
+     "Sec. 5: the movers' direct logit attribution grows \"about 3x\" under the full intervention (approximate)"),
     ("gpt2-medium", "movers", "both.spearman_rho", 0.69, "rho",
      "Sec. 5: mover heads' change against path-patching importance, Spearman, p < 0.01"),
 ]  # fmt: skip

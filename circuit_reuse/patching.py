@@ -49,10 +49,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from circuit_reuse.hook_names import FINAL_RESIDUAL, HEAD_INPUTS, head_input, head_output, mlp_output
 from circuit_reuse.metrics import LogitDifference, Metric, pair_tokens
+from circuit_reuse.models import model_device
 
 LOGITS = "logits"
-COMPONENTS = ("q", "k", "v")
 DEFAULT_BATCH_SIZE = 32
 # Rows (senders + 1) x prompts x recomputed positions per pass of the fast path. The largest activation is
 # rows x d_mlp floats (0.5 GiB for GPT-2 medium in float32), so memory stays bounded whatever N is.
@@ -236,7 +237,7 @@ def prepare_job(
     else:
         sender_tuple = tuple(sorted({_check_sender(s, eligible, sender_set) for s in senders}))
 
-    device = _model_device(model)
+    device = model_device(model)
     return PatchJob(
         clean=clean.to(device),
         corrupted=corrupted.to(device),
@@ -323,8 +324,8 @@ def _check_receivers(receivers, n_layers: int, n_heads: int) -> tuple[Receiver, 
             raise ValueError(f"receiver {item!r}: layer must be an int in [0, {n_layers})")
         if not isinstance(head, int) or not 0 <= head < n_heads:
             raise ValueError(f"receiver {item!r}: head must be an int in [0, {n_heads})")
-        if component not in COMPONENTS:
-            raise ValueError(f"receiver {item!r}: component must be one of {', '.join(COMPONENTS)}")
+        if component not in HEAD_INPUTS:
+            raise ValueError(f"receiver {item!r}: component must be one of {', '.join(HEAD_INPUTS)}")
         checked.add((layer, head, component))
     return tuple(sorted(checked))
 
@@ -338,14 +339,6 @@ def _check_sender(sender, eligible: tuple[Sender, ...], sender_set: str) -> Send
             f"({SENDER_SETS[sender_set]})"
         )
     return (int(sender[0]), int(sender[1]))
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _model_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,21 +421,6 @@ def _check_scoring(batch_size: int, averaging: str, averaging_batch_size: int) -
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _hook_name(layer: int, what: str) -> str:
-    return {
-        "z": f"blocks.{layer}.attn.hook_z",
-        "q": f"blocks.{layer}.attn.hook_q",
-        "k": f"blocks.{layer}.attn.hook_k",
-        "v": f"blocks.{layer}.attn.hook_v",
-        "mlp_out": f"blocks.{layer}.hook_mlp_out",
-        "resid_pre": f"blocks.{layer}.hook_resid_pre",
-        "resid_mid": f"blocks.{layer}.hook_resid_mid",
-    }[what]
-
-
-FINAL_RESIDUAL = "ln_final.hook_in"
-
-
 def _run_storing(model, tokens: torch.Tensor, wanted: Sequence[tuple[str, str, Callable]]) -> tuple[torch.Tensor, dict]:
     """Run the bridge once and return its logits and, for each (hook, key, take), `take(activation)` as key."""
     stored = {}
@@ -517,11 +495,7 @@ def _reference_batch(model, job: PatchJob, prompts: slice, effects: PromptEffect
         return activation[rows, p].clone()
 
     # 1. Cache a clean and a corrupted run: every head's z and every MLP output at p.
-    wanted = [
-        (_hook_name(layer, what), _hook_name(layer, what), at_p)
-        for layer in range(job.n_layers)
-        for what in ("z", "mlp_out")
-    ]
+    wanted = [(name(layer), name(layer), at_p) for layer in range(job.n_layers) for name in (head_output, mlp_output)]
     clean_logits, clean = _run_storing(model, job.clean, wanted)
     corrupt_logits, corrupt = _run_storing(model, job.corrupted, wanted)
     ld_clean = job_metric(job, clean_logits[rows, end])
@@ -543,7 +517,7 @@ def _receiver_hook_names(job: PatchJob) -> dict[str, list[int]]:
         return {FINAL_RESIDUAL: []}
     names: dict[str, list[int]] = {}
     for layer, head, component in job.receivers:
-        names.setdefault(_hook_name(layer, component), []).append(head)
+        names.setdefault(head_input(layer, component), []).append(head)
     return names
 
 
@@ -556,9 +530,9 @@ def _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, ro
     def set_head_outputs(layer):
         def hook(z, hook):
             z = z.clone()
-            z[rows, p] = clean[_hook_name(layer, "z")]
+            z[rows, p] = clean[head_output(layer)]
             if layer == sender_layer:
-                z[rows, p, sender_head] = corrupt[_hook_name(layer, "z")][:, sender_head]
+                z[rows, p, sender_head] = corrupt[head_output(layer)][:, sender_head]
             return z
 
         return hook
@@ -566,7 +540,7 @@ def _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, ro
     def freeze_mlp(layer):
         def hook(out, hook):
             out = out.clone()
-            out[rows, p] = clean[_hook_name(layer, "mlp_out")]
+            out[rows, p] = clean[mlp_output(layer)]
             return out
 
         return hook
@@ -577,9 +551,9 @@ def _reference_sender_run(model, job, sender, clean, corrupt, receiver_hooks, ro
 
         return hook
 
-    hooks = [(_hook_name(layer, "z"), set_head_outputs(layer)) for layer in range(job.n_layers)]
+    hooks = [(head_output(layer), set_head_outputs(layer)) for layer in range(job.n_layers)]
     if job.freeze_mlps:
-        hooks += [(_hook_name(layer, "mlp_out"), freeze_mlp(layer)) for layer in range(job.n_layers)]
+        hooks += [(mlp_output(layer), freeze_mlp(layer)) for layer in range(job.n_layers)]
     hooks += [(name, record(name, heads)) for name, heads in receiver_hooks.items()]
     model.run_with_hooks(job.clean, fwd_hooks=hooks)
     return recorded
@@ -677,7 +651,7 @@ class GPT2Weights:
         return torch.cat([w.W_qkv[:, c] for c in cols], dim=1), torch.cat([w.b_qkv[c] for c in cols])
 
     def _qkv_slice(self, head: int, component: str) -> slice:
-        start = COMPONENTS.index(component) * self.n_heads * self.d_head + head * self.d_head
+        start = HEAD_INPUTS.index(component) * self.n_heads * self.d_head + head * self.d_head
         return slice(start, start + self.d_head)
 
 
@@ -748,7 +722,7 @@ def attention_out(
         # One residual stream shared by all variants, which differ only in their overrides: project it once.
         qkv = qkv.expand(R, B, W, 3, H, dh).clone()
     for head, component, value in overrides:
-        qkv[:, :, 0, COMPONENTS.index(component), head] = value
+        qkv[:, :, 0, HEAD_INPUTS.index(component), head] = value
     q, k, v = qkv.unbind(dim=3)  # [R, B, W, H, dh]
     q = q * weights.scale
     # Scores against the prefix: prompt b's keys are shared by every variant, so fold R and W into the rows.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from circuit_reuse.edits import BASELINE
 from circuit_reuse.io import read_parquet
 
 HEADLINE_COLUMNS = ["model", "family", "metric", "value"]
@@ -111,6 +112,26 @@ def _spearman_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _mover_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model and condition (but the baseline), over the movers not themselves edited: the mean change in
+    attention to the answer and to the wrong roles, and the ratio of their summed logit attribution after
+    to before (before = dla - d_dla)."""
+    rows = []
+    movers = table[~table["intervened"].astype(bool) & (table["condition"] != BASELINE)]
+    for (model, condition), group in movers.groupby(["model", "condition"], sort=False):
+        before = (group["dla"] - group["d_dla"]).sum()
+        values = {
+            "attn_answer_change": group["d_attn_answer"].mean(),
+            "attn_wrong_change": group["d_attn_wrong"].mean(),
+            "dla_ratio": group["dla"].sum() / before if before else np.nan,
+        }
+        rows += [
+            {"model": model, "family": "movers", "metric": f"{condition}.{metric}", "value": float(value)}
+            for metric, value in values.items()
+        ]
+    return rows
+
+
 # The ablation of the headline faithfulness: Wang et al.'s 87% is with mean ablation.
 FAITHFULNESS_ABLATION = "mean"
 
@@ -135,17 +156,20 @@ def headline_rows(
     controls: Iterable[pd.DataFrame] = (),
     spearman: Iterable[pd.DataFrame] = (),
     faithfulness: Iterable[pd.DataFrame] = (),
+    movers: Iterable[pd.DataFrame] = (),
 ) -> pd.DataFrame:
     """Headline numbers from explicit tables, one row per (model, family, metric): the clean baselines per
     task (`baselines`, the workflow's baselines table), the overlap of every pair of circuits (one overlap
     summary per model, one row per pair; metrics named by `overlap_metric`), the intervention's accuracy
     per condition that ran (one accuracy table per model), the random-head controls' mean accuracy
     (`controls`: controls_summary tables), the movers' Spearman rho of their logit-attribution change
-    against importance (`spearman`: movers_spearman tables) and each task's own circuit's faithfulness
-    under mean ablation (`faithfulness`: faithfulness summary tables)."""
+    against importance (`spearman`: movers_spearman tables), each task's own circuit's faithfulness
+    under mean ablation (`faithfulness`: faithfulness summary tables) and the movers' mean change in
+    attention and their logit attribution's ratio after to before (`movers`: movers tables)."""
     rows = [] if baselines is None else _baseline_rows(baselines)
     for tables, build in ((overlap, _overlap_rows), (intervention, _intervention_rows), (controls, _control_rows),
-                          (spearman, _spearman_rows), (faithfulness, _faithfulness_rows)):  # fmt: skip
+                          (spearman, _spearman_rows), (faithfulness, _faithfulness_rows),
+                          (movers, _mover_rows)):  # fmt: skip
         for table in tables:
             rows += build(table)
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
@@ -165,6 +189,7 @@ def headline_numbers(results: str | os.PathLike) -> pd.DataFrame:
         [read_parquet(path) for path in sorted(results.glob("intervention/*/controls_summary.parquet"))],
         [read_parquet(path) for path in sorted(results.glob("intervention/*/movers_spearman.parquet"))],
         [read_parquet(path) for path in sorted(results.glob("faithfulness/*/*.summary.parquet"))],
+        [read_parquet(path) for path in sorted(results.glob("intervention/*/movers.parquet"))],
     )
 
 

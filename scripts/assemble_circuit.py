@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from circuit_reuse.circuits import SCORE_NOISE, save_circuit
+from circuit_reuse.circuits import SCORE_NOISE, grid_from_table, save_circuit
 from circuit_reuse.datasets import load_dataset
-from circuit_reuse.discovery import StageSpec, assemble_circuit, grid_from_table
+from circuit_reuse.discovery import StageSpec, assemble_circuit
 from circuit_reuse.io import provenance, read_parquet
 from circuit_reuse.models import load_model
 from circuit_reuse.workflow import model_job

@@ -40,14 +40,9 @@ from benchmark_patching import (
 
 from circuit_reuse.datasets import make_dataset
 from circuit_reuse.edits import BASELINE
-from circuit_reuse.intervention import (
-    PAPER_HEADS,
-    HeadSet,
-    InterventionSettings,
-    intervention_experiment,
-    plan_conditions,
-)
+from circuit_reuse.intervention import HeadSet, InterventionSettings, intervention_experiment, plan_conditions
 from circuit_reuse.models import resolve_tokenizer_dir
+from circuit_reuse.paper import PAPER_HEADS
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_N = 1000
@@ -67,8 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def paper_head_sets() -> dict[str, HeadSet]:
-    sets = {name: HeadSet(name, list(heads), "paper") for name, heads in PAPER_HEADS.items()}
-    sets["movers"] = HeadSet("movers", sorted(MEDIUM_MOVERS), "paper")
+    medium = PAPER_HEADS[ARCHITECTURE]
+    edited = ("inhibition", "negative_mover", "content_gatherers")
+    sets = {name: HeadSet(name, list(medium[name]), "paper") for name in edited}
+    sets["movers"] = HeadSet("movers", sorted(MEDIUM_MOVERS), "paper")  # the negative mover read out too
     return sets
 
 

@@ -35,14 +35,16 @@ import torch
 
 from circuit_reuse import patching
 from circuit_reuse.datasets import make_dataset
-from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, resolve_tokenizer_dir
+from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
+from circuit_reuse.paper import PAPER_HEADS
 
 ARCHITECTURE = "gpt2-medium"
+MEDIUM = PAPER_HEADS["gpt2-medium"]
 # q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17), at END.
-MOVER_QUERIES = [(15, 14, "q"), (16, 15, "q"), (17, 4, "q")]
+MOVER_QUERIES = [(layer, head, "q") for layer, head in MEDIUM["movers"][:3]]
 # k and v receivers for the key/value stage: the paper's inhibition heads, at the question's object, as in the
 # Colored Objects stage that finds induction and duplicate-token heads.
-INHIBITION_KEYS_VALUES = [(layer, head, part) for layer, head in ((12, 3), (13, 4), (13, 13)) for part in "kv"]
+INHIBITION_KEYS_VALUES = [(layer, head, part) for layer, head in MEDIUM["inhibition"] for part in "kv"]
 # stage -> (receivers, the dataset role patched, the name printed, the task whose prompts and metric it uses)
 STAGES = {
     "logits": ("logits", "END", "logits (END)", "colored_objects"),
@@ -53,24 +55,21 @@ STAGES = {
 }
 
 # The paper's workload, for the extrapolation: per model (name, n_layers, n_heads, d_model) and task, each stage
-# after the logits with the heads that receive in it (the previous stage's), from the paper (medium: movers
-# 15.14 16.15 17.4 18.5 19.15 and negative mover 19.1; IOI inhibition 12.3 13.4 13.13; Colored Objects content
-# gatherers 11.6 11.7 12.15; induction 9.3) and Wang et al. (small: movers 9.9 9.6 10.0; S-inhibition 7.3 7.9
-# 8.6; induction 5.5 5.8 5.9). Each stage's senders are the sender set's for those receivers (the logits stage:
-# every head); the discovered circuits may differ.
+# after the logits with the heads that receive in it (the previous stage's), from the heads the paper names
+# (circuit_reuse.paper: medium from the paper, small from Wang et al.). Each stage's senders are the sender
+# set's for those receivers (the logits stage: every head); the discovered circuits may differ.
 PAPER_N = 1000
 KEY_VALUE_STAGES = ("induction", "previous_token")
-MEDIUM_MOVERS = [(15, 14), (16, 15), (17, 4), (18, 5), (19, 15), (19, 1)]
-SMALL_MOVERS = [(9, 9), (9, 6), (10, 0)]
-SMALL_INHIBITION = [(7, 3), (7, 9), (8, 6)]
+SMALL = PAPER_HEADS["gpt2-small"]
+MEDIUM_MOVERS = [*MEDIUM["movers"], *MEDIUM["negative_mover"]]
 PAPER_WORKLOAD = {
     ("gpt2-small", 12, 12, 768): {
-        "ioi": {"inhibition": SMALL_MOVERS, "induction": SMALL_INHIBITION, "previous_token": [(5, 5), (5, 8), (5, 9)]},
-        "colored_objects": {"inhibition": SMALL_MOVERS, "induction": SMALL_INHIBITION},
+        "ioi": {"inhibition": SMALL["movers"], "induction": SMALL["inhibition"], "previous_token": SMALL["induction"]},
+        "colored_objects": {"inhibition": SMALL["movers"], "induction": SMALL["inhibition"]},
     },
     ("gpt2-medium", 24, 16, 1024): {
-        "ioi": {"inhibition": MEDIUM_MOVERS, "induction": [(12, 3), (13, 4), (13, 13)], "previous_token": [(9, 3)]},
-        "colored_objects": {"inhibition": MEDIUM_MOVERS, "induction": [(11, 6), (11, 7), (12, 15)]},
+        "ioi": {"inhibition": MEDIUM_MOVERS, "induction": MEDIUM["inhibition"], "previous_token": MEDIUM["induction"]},
+        "colored_objects": {"inhibition": MEDIUM_MOVERS, "induction": MEDIUM["content_gatherers"]},
     },
 }
 
@@ -286,7 +285,7 @@ def main(argv=None) -> int:
             task: make_dataset(task, args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
             for task in dict.fromkeys(STAGES[stage][3] for stage in stages)
         }
-        device = patching._model_device(model)
+        device = model_device(model)
         print(
             f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
             f"d_model {model.cfg.d_model}), {shape_note}"

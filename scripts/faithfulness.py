@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from circuit_reuse.circuits import load_circuit
+from circuit_reuse.circuits import grid_from_table, load_circuit
 from circuit_reuse.datasets import load_dataset
-from circuit_reuse.discovery import grid_from_table
 from circuit_reuse.faithfulness import FaithfulnessSettings, faithfulness_experiment
 from circuit_reuse.io import read_parquet, write_parquet
 from circuit_reuse.models import load_model

@@ -1,7 +1,6 @@
 """Snakemake job: compare every pair of one model's circuits (IoU, shares, roles, chance baseline, sensitivity)."""
 
-from circuit_reuse.circuits import load_circuit
-from circuit_reuse.discovery import grid_from_table
+from circuit_reuse.circuits import grid_from_table, load_circuit
 from circuit_reuse.io import read_parquet, write_parquet
 from circuit_reuse.overlap import pairwise_heads, pairwise_overlap, pairwise_sensitivity
 from circuit_reuse.workflow import workflow_job

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
+from circuit_reuse.circuits import grid_from_table
 from circuit_reuse.datasets import load_dataset
 from circuit_reuse.discovery import (
     StageSpec,
     averaging_description,
     describe_receivers,
-    grid_from_table,
     run_stage,
     scores_table,
     selected_heads,

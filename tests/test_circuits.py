@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from circuit_reuse.circuits import (
@@ -8,6 +9,8 @@ from circuit_reuse.circuits import (
     Circuit,
     HeadInfo,
     StageRecord,
+    grid_from_table,
+    heads_label,
     load_circuit,
     save_circuit,
     select_heads,
@@ -90,3 +93,17 @@ def test_a_margin_below_the_noise_is_flagged_and_kept_in_the_circuit_file(tmp_pa
     saved = json.loads(save_circuit(tmp_path / "c.json", circuit).read_text())
     assert saved["stages"][0]["near_tie"] is True and saved["stages"][0]["margin"] == pytest.approx(SCORE_NOISE / 10)
     assert load_circuit(tmp_path / "c.json").stages[0].near_tie
+
+
+def test_a_per_head_table_becomes_a_layer_by_head_grid():
+    table = pd.DataFrame({"layer": [0, 1], "head": [1, 0], "x": [0.5, 0.25], "score": [1.0, 2.0]})
+    grid = grid_from_table(table, "x")
+    assert grid.shape == (2, 2) and grid[0, 1] == 0.5 and grid[1, 0] == 0.25
+    assert np.isnan(grid[0, 0]) and np.isnan(grid[1, 1])
+    wide = grid_from_table(table, shape=(3, 4))  # the model's shape, even where the table is short
+    assert wide.shape == (3, 4) and wide[1, 0] == 2.0 and np.isnan(wide[2]).all()
+
+
+def test_heads_label_sorts_and_joins():
+    assert heads_label([(13, 4), (12, 3), (19, 1)]) == "12.3,13.4,19.1"
+    assert heads_label([]) == ""

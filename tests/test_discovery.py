@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from circuit_reuse.circuits import grid_from_table
 from circuit_reuse.datasets import from_records
 from circuit_reuse.discovery import (
     StageError,
@@ -9,7 +10,6 @@ from circuit_reuse.discovery import (
     assemble_circuit,
     below_layer,
     describe_receivers,
-    grid_from_table,
     parse_stages,
     scores_table,
     selected_heads,

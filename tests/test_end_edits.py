@@ -21,7 +21,7 @@ from circuit_reuse.edits import (
     override_rows,
     row_edit_hooks,
 )
-from circuit_reuse.end_edits import EndEdit, end_logits, final_scale, run_end_edits
+from circuit_reuse.end_edits import EndEdit, final_logits, final_scale, run_end_edits
 from circuit_reuse.evaluation import choose_engine, run_conditions_with_readouts
 from circuit_reuse.intervention import HeadSet, InterventionSettings, intervention_experiment, random_head_controls
 from circuit_reuse.patching import GPT2Weights
@@ -102,7 +102,7 @@ def test_end_engine_matches_the_hooked_forward_pass(make_model, n_layer, n_head,
         for row, edits in enumerate(sets):
             logits, seen = hooked(model, tokens, end, edits, readout)
             assert (logits - logits.mean()).abs().max() > 100 * TOLERANCE, "a vacuous comparison"
-            torch.testing.assert_close(end_logits(weights, fast.final[row]), logits, rtol=0, atol=TOLERANCE)
+            torch.testing.assert_close(final_logits(weights, fast.final[row]), logits, rtol=0, atol=TOLERANCE)
             torch.testing.assert_close(final_scale(weights, fast.final[row]), seen["scale"], rtol=TOLERANCE, atol=0)
             for layer in readout:
                 torch.testing.assert_close(fast.patterns[layer][row], seen["pattern", layer], rtol=0, atol=TOLERANCE)

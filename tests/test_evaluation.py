@@ -8,7 +8,6 @@ from transformers import GPT2LMHeadModel
 
 from circuit_reuse.datasets import DatasetError, from_records, make_dataset
 from circuit_reuse.evaluation import SUMMARY_COLUMNS, evaluate, summarize
-from circuit_reuse.statistics import bootstrap_ci
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +83,6 @@ def test_summary_is_one_tidy_row_per_condition(tables):
         assert row["beats_distractor_rate"] == pytest.approx(group["beats_distractor"].mean())
         assert row["metric_ci_low"] <= row["metric_mean"] <= row["metric_ci_high"]
     assert summary.equals(summarize(table, model="tiny", n_resamples=500, seed=1))
-
-
-def test_bootstrap_interval():
-    values = np.random.default_rng(0).normal(2.0, 1.0, 400)
-    low, high = bootstrap_ci(values, n_resamples=2000, seed=7)
-    assert low < values.mean() < high
-    assert high - low == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.15)
-    assert bootstrap_ci(values, n_resamples=2000, seed=7) == (low, high)
-    assert bootstrap_ci(values, n_resamples=2000, seed=8) != (low, high)
-    assert bootstrap_ci([3.0] * 10, n_resamples=100) == (3.0, 3.0)
-    wide, narrow = bootstrap_ci(values, level=0.99, seed=7), bootstrap_ci(values, level=0.5, seed=7)
-    assert wide[0] < narrow[0] < narrow[1] < wide[1]
 
 
 def test_a_dataset_from_another_tokenizer_is_refused(tiny_model, datasets):

@@ -9,14 +9,14 @@ import torch
 
 from circuit_reuse.ablation import (
     AblationError,
-    ablated_end_logits,
     head_outputs,
     position_keys,
     reference_outputs,
     replacement_outputs,
 )
 from circuit_reuse.datasets import make_dataset
-from circuit_reuse.edits import EditError
+from circuit_reuse.edits import EditError, ablation_hooks
+from circuit_reuse.evaluation import end_logits
 from circuit_reuse.faithfulness import (
     FaithfulnessError,
     FaithfulnessSettings,
@@ -106,9 +106,9 @@ def test_ablating_with_the_prompts_own_clean_values_changes_nothing(model, ioi):
 def test_mean_ablation_equals_a_hand_computation(model, ioi):
     keep = [(0, 3), (1, 0)]
     prepared = reference_outputs(model, ioi, "mean", "abc", batch_size=4)
-    got = ablated_end_logits(
-        model, ioi.clean_tokens, ioi.end, keep, replacement_outputs(model, prepared, torch.arange(len(ioi)), ioi.end)
-    )
+    replacement = replacement_outputs(model, prepared, torch.arange(len(ioi)), ioi.end)
+    hooks = ablation_hooks(keep, replacement, model.cfg.n_layers, model.cfg.n_heads)
+    got = end_logits(model, ioi.clean_tokens, ioi.end, hooks).cpu()
     # By hand: every head's output on every ABC prompt, grouped by token key in plain Python loops.
     keys = position_keys(ioi)
     outputs = head_outputs(model, ioi.corruptions["abc"], ioi.end).double()

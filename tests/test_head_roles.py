@@ -1,10 +1,9 @@
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from circuit_reuse.head_roles import attention_share, copy_scores, detector_grid, detector_scores, label_role
+from circuit_reuse.head_roles import attention_share, copy_scores, detector_scores, label_role
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +77,3 @@ def test_role_rules():
     assert label_role("key_value", 0.1, {"previous_token": 0.05, "duplicate_token": 0.02, "induction": 0.0}) == "other"
     with pytest.raises(ValueError, match="unknown stage kind"):
         label_role("mlp", 0.0, {})
-
-
-def test_detector_grid_places_values():
-
-    grid = detector_grid(pd.DataFrame({"layer": [0, 1], "head": [1, 0], "x": [0.5, 0.25]}), "x")
-    assert grid[0, 1] == 0.5 and grid[1, 0] == 0.25 and np.isnan(grid[0, 0])

@@ -31,8 +31,6 @@ from circuit_reuse.evaluation import run_conditions, run_conditions_with_readout
 from circuit_reuse.intervention import (
     BLOCK_CONDITION,
     HEAD_SETS,
-    PAPER_CONDITIONS,
-    PAPER_HEADS,
     HeadSet,
     InterventionError,
     InterventionSettings,
@@ -47,8 +45,8 @@ from circuit_reuse.intervention import (
     resolve_head_sets,
 )
 from circuit_reuse.io import read_parquet, write_json, write_parquet
+from circuit_reuse.paper import PAPER_CONDITIONS, PAPER_HEADS
 from circuit_reuse.readouts import mover_readouts, mover_spearman
-from circuit_reuse.statistics import bootstrap_accuracy, spearman
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -280,7 +278,7 @@ def _table(conditions: dict[str, list[int]]) -> pd.DataFrame:
     for name, correct in conditions.items():
         for prompt, c in enumerate(correct):
             rows.append(
-                {"condition": name, "prompt": prompt, "correct": bool(c), "metric": float(c), "answer_prob": 0.1}
+                {"condition": name, "prompt": prompt, "correct": bool(c), "metric": float(c), "prob_target": 0.1}
             )
     return pd.DataFrame(rows)
 
@@ -306,35 +304,25 @@ def test_accuracy_fixed_and_introduced_prompt_by_prompt():
     ]  # fmt: skip
 
 
-def test_bootstrap_is_deterministic_for_a_seed_and_paired():
-    correct = np.array([[1, 0, 1, 1, 0, 1, 0, 0, 1, 1], [1, 0, 1, 1, 0, 1, 0, 0, 1, 1]], dtype=float)
-    a, b = bootstrap_accuracy(correct, 1000, seed=3), bootstrap_accuracy(correct, 1000, seed=3)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, bootstrap_accuracy(correct, 1000, seed=4))
-    np.testing.assert_array_equal(a[0], a[1])  # the same resamples for every condition
-    assert abs(a[0].mean() - 0.6) < 0.02
-    # Chunking the draws does not change them.
-    np.testing.assert_array_equal(a, bootstrap_accuracy(correct, 1000, seed=3, chunk=7))
-
-
 # --------------------------------------------------------------------------------------------------
 # Random-head controls
 
 
 def test_random_heads_are_seeded_matched_and_never_the_intervened_ones():
-    heads = [(12, 3), (13, 4), (13, 13), (19, 1)]
-    exclude = [(11, 6), (15, 2)]
-    first = random_head_sets(24, 16, heads, repeats=20, seed=5, exclude=exclude, key="both")
-    assert first == random_head_sets(24, 16, heads, repeats=20, seed=5, exclude=exclude, key="both")
-    assert first != random_head_sets(24, 16, heads, repeats=20, seed=6, exclude=exclude, key="both")
-    assert first[:5] == random_head_sets(24, 16, heads, repeats=5, seed=5, exclude=exclude, key="both")
+    medium = PAPER_HEADS["gpt2-medium"]  # the paper's "both" condition in a GPT-2 medium-sized model
+    heads = [*medium["inhibition"], *medium["negative_mover"]]
+    exclude = [*medium["content_gatherers"], (15, 2)]
+    first = random_head_sets(16, heads, repeats=20, seed=5, exclude=exclude, key="both")
+    assert first == random_head_sets(16, heads, repeats=20, seed=5, exclude=exclude, key="both")
+    assert first != random_head_sets(16, heads, repeats=20, seed=6, exclude=exclude, key="both")
+    assert first[:5] == random_head_sets(16, heads, repeats=5, seed=5, exclude=exclude, key="both")
     for chosen in first:
         assert len(chosen) == len(set(chosen)) == 4
         assert all(12 <= layer <= 19 and 0 <= head < 16 for layer, head in chosen)
         assert not set(chosen) & (set(heads) | set(exclude))
     assert len({tuple(c) for c in first}) > 15
     with pytest.raises(InterventionError, match="only 1 heads in layers 2-2"):
-        random_head_sets(4, 4, [(2, 0), (2, 1)], repeats=1, seed=0, exclude=[(2, 2)])
+        random_head_sets(4, [(2, 0), (2, 1)], repeats=1, seed=0, exclude=[(2, 2)])
 
 
 def test_random_head_controls_reproduce_for_a_seed(model, co_dataset):
@@ -344,7 +332,7 @@ def test_random_head_controls_reproduce_for_a_seed(model, co_dataset):
     )
     first, again = run(11), run(11)
     pd.testing.assert_frame_equal(first, again)
-    expected = random_head_sets(3, 4, [(1, 0), (2, 1)], 3, 11, [(1, 2)], key="inh")
+    expected = random_head_sets(4, [(1, 0), (2, 1)], 3, 11, [(1, 2)], key="inh")
     assert first["heads"].tolist() == [",".join(f"{layer}.{head}" for layer, head in s) for s in expected]
     assert (first["n_heads"] == 2).all() and (first["layer_min"] >= 1).all() and (first["layer_max"] <= 2).all()
     assert not first["heads"].str.contains(r"\b1\.0\b|\b2\.1\b|\b1\.2\b").any()
@@ -438,12 +426,7 @@ def test_mover_readouts_average_and_compare_with_the_baseline():
     assert movers.loc[("none", 3, 1), "d_dla"] == 0
 
 
-def test_spearman_on_known_data():
-    rho, p, n = spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])
-    assert rho == pytest.approx(8 / math.sqrt(95)) and n == 5 and 0 < p < 1
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1])[0] == pytest.approx(-1.0)
-    assert spearman([1, 2, np.nan, 4, 5], [1, 2, 3, 4, 5])[2] == 4
-    assert math.isnan(spearman([1, 2], [1, 2])[0]) and math.isnan(spearman([1, 1, 1], [1, 2, 3])[0])
+def test_mover_spearman_ranks_each_change_against_importance():
     movers = pd.DataFrame(
         {
             "condition": ["none"] * 4 + ["both"] * 4,
@@ -499,7 +482,7 @@ def test_auto_heads_come_from_the_circuits_roles_and_stages():
     assert explicit["negative_mover"].heads == [(3, 2)]
     assert explicit["movers"].heads == [] and "no colored_objects circuit" in explicit["movers"].note
     with pytest.raises(EditError, match=r"intervention.heads.inhibition: head 12.3 is outside"):
-        resolve_head_sets({"inhibition": [list(h) for h in PAPER_HEADS["inhibition"]]}, {}, 4, 4)
+        resolve_head_sets({"inhibition": [list(h) for h in PAPER_HEADS["gpt2-medium"]["inhibition"]]}, {}, 4, 4)
 
 
 def test_empty_sets_skip_or_shrink_conditions_and_say_so():
@@ -555,11 +538,13 @@ def paper_config():
 def test_paper_config_intervenes_on_the_papers_heads(paper_config):
     config = validate_config(paper_config)["intervention"]
     medium = config["heads"]["gpt2-medium"]
-    assert [tuple(h) for h in medium["inhibition"]] == list(PAPER_HEADS["inhibition"])
-    assert [tuple(h) for h in medium["negative_mover"]] == [(19, 1)] and medium["movers"] == "auto"
+    for name in ("inhibition", "negative_mover", "content_gatherers"):
+        assert [tuple(h) for h in medium[name]] == list(PAPER_HEADS["gpt2-medium"][name])
+    assert medium["movers"] == "auto"
     assert "gpt2-small" not in config["heads"]
     assert model_section(config, "gpt2-small")["heads"] == {name: "auto" for name in HEAD_SETS}
-    assert model_section(config, "gpt2-medium")["heads"]["negative_mover"] == [[19, 1]]
+    negative_mover = model_section(config, "gpt2-medium")["heads"]["negative_mover"]
+    assert [tuple(h) for h in negative_mover] == list(PAPER_HEADS["gpt2-medium"]["negative_mover"])
     settings = InterventionSettings.from_config(config)
     assert settings.conditions == PAPER_CONDITIONS and settings.target_roles == ("wrong_color_0", "wrong_color_1")
     assert settings.target_weights is None and settings.query_role == "END"

@@ -77,16 +77,16 @@ def test_threshold_sensitivity_reselects_every_stage():
 def test_random_circuits_respect_sizes_and_layer_limits():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        heads = random_circuit([(3, 2), (2, 4)], n_layers=4, n_heads=3, rng=rng)
+        heads = random_circuit([(3, 2), (2, 4)], n_heads=3, rng=rng)
         low = [h for h in heads if h[0] < 2]
         assert len(low) >= 3 and 3 <= len(heads) <= 5
         assert all(0 <= l < 4 and 0 <= h < 3 for l, h in heads)
     with pytest.raises(ValueError, match="cannot draw 7 heads"):
-        random_circuit([(7, 2)], n_layers=4, n_heads=3, rng=rng)
+        random_circuit([(7, 2)], n_heads=3, rng=rng)
 
 
 def test_chance_baseline_is_exact_when_one_circuit_is_every_head():
-    result = chance_overlap([(16, 4)], [(5, 4)], n_layers=4, n_heads=4, observed_iou=0.5, repeats=200)
+    result = chance_overlap([(16, 4)], [(5, 4)], n_heads=4, observed_iou=0.5, repeats=200)
     assert result["chance_iou_mean"] == pytest.approx(5 / 16)
     assert result["chance_iou_low"] == result["chance_iou_high"] == pytest.approx(5 / 16)
     assert result["p_value"] == pytest.approx(1 / 201)
@@ -100,7 +100,7 @@ def _exact_mean_iou(n, k):
 
 def test_chance_baseline_matches_the_hypergeometric_mean():
     repeats = 20_000
-    result = chance_overlap([(8, 8)], [(8, 8)], n_layers=8, n_heads=8, observed_iou=0.78, repeats=repeats, seed=3)
+    result = chance_overlap([(8, 8)], [(8, 8)], n_heads=8, observed_iou=0.78, repeats=repeats, seed=3)
     exact = _exact_mean_iou(64, 8)
     # The Monte Carlo mean of a quantity bounded in [0, 1] is within 4 standard errors (sd <= 0.5).
     assert abs(result["chance_iou_mean"] - exact) < 4 * 0.5 / math.sqrt(repeats)
@@ -108,7 +108,7 @@ def test_chance_baseline_matches_the_hypergeometric_mean():
 
 
 def test_chance_baseline_is_reproducible_for_a_seed():
-    args = ([(3, 4)], [(3, 4)], 4, 4, 0.3)
+    args = ([(3, 4)], [(3, 4)], 4, 0.3)
     assert chance_overlap(*args, repeats=500, seed=1) == chance_overlap(*args, repeats=500, seed=1)
     assert chance_overlap(*args, repeats=500, seed=1) != chance_overlap(*args, repeats=500, seed=2)
 

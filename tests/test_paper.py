@@ -136,3 +136,25 @@ def test_own_circuit_faithfulness_under_mean_ablation_is_compared_with_wangs():
     assert headline[["family", "metric", "value"]].values.tolist() == [["faithfulness", "ioi.faithfulness", 0.8]]
     row = compare_to_paper(headline, {"s": SMALL_HUB}).set_index("metric").loc["ioi.faithfulness"]
     assert (row["run"], row["paper"], row["unit"]) == (80.0, 87.0, "%") and row["gap"] == pytest.approx(-7.0)
+
+
+def test_movers_attention_change_and_logit_attribution_ratio_are_compared():
+    # Two movers under "both" (one of them edited itself, so left out) and the baseline's rows, which are no change.
+    movers = pd.DataFrame(
+        [{"model": "m", "condition": "none", "layer": 3, "head": 0, "intervened": False, "d_attn_answer": 0.0,
+          "d_attn_wrong": 0.0, "dla": 1.0, "d_dla": 0.0},
+         {"model": "m", "condition": "both", "layer": 3, "head": 0, "intervened": False, "d_attn_answer": 0.02,
+          "d_attn_wrong": -0.10, "dla": 3.0, "d_dla": 2.0},
+         {"model": "m", "condition": "both", "layer": 3, "head": 1, "intervened": False, "d_attn_answer": 0.04,
+          "d_attn_wrong": -0.06, "dla": 1.0, "d_dla": 0.0},
+         {"model": "m", "condition": "both", "layer": 2, "head": 0, "intervened": True, "d_attn_answer": 0.9,
+          "d_attn_wrong": -0.9, "dla": 9.0, "d_dla": 9.0}]
+    )  # fmt: skip
+    headline = headline_rows(movers=[movers])
+    assert set(headline["metric"]) == {"both.attn_answer_change", "both.attn_wrong_change", "both.dla_ratio"}
+    table = compare_to_paper(headline, {"m": MEDIUM_RANDOM}).set_index("metric")
+    answer, wrong, ratio = (table.loc[f"both.{m}"] for m in ("attn_answer_change", "attn_wrong_change", "dla_ratio"))
+    assert answer["run"] == pytest.approx(3.0) and answer["paper"] == 2.7 and answer["unit"] == "pp"
+    assert wrong["run"] == pytest.approx(-8.0) and wrong["paper"] == -8.7
+    # (3 + 1) / (1 + 1): the movers' summed attribution after over before.
+    assert ratio["run"] == pytest.approx(2.0) and ratio["paper"] == 3.0 and ratio["unit"] == "ratio"

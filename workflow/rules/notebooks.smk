@@ -217,6 +217,7 @@ rule notebook_paper_comparison:
         intervention=[f"{intervention_dir(m)}/accuracy.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         controls=[f"{intervention_dir(m)}/controls_summary.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         spearman=[f"{intervention_dir(m)}/movers_spearman.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
+        movers=[f"{intervention_dir(m)}/movers.parquet" for m in MODELS] if INTERVENTION_RUNS else [],
         faithfulness=[faithfulness_path(m, t, "summary") for m in MODELS for t in TASKS],
     output:
         notebook=executed_notebook("07_paper_comparison"),
@@ -229,6 +230,7 @@ rule notebook_paper_comparison:
             "intervention": list(input.intervention),
             "controls": list(input.controls),
             "spearman": list(input.spearman),
+            "movers": list(input.movers),
             "faithfulness": list(input.faithfulness),
             "models": {name: dict(spec) for name, spec in config["models"].items()},
             **stems(output),
