@@ -6,9 +6,12 @@ Every edit is a list of (hook name, function) pairs for `model.run_with_hooks`, 
 - Attention edits on `attention_pattern(layer)` ([batch, head, query, key]), one hook per layer that edits
   every chosen head of that layer: `attention_override_hooks` replaces the query row of one position per
   prompt by a fixed distribution over key positions; `attention_block_hooks` zeroes the row on a token span
-  and renormalises the rest.
+  and renormalises the rest. Each is a row edit (`override_rows`, `block_rows`: a function on the chosen
+  heads' rows [batch, heads, keys]) applied by `row_edit_hooks`; the END-only engine
+  (`circuit_reuse.end_edits`) applies the same row edits without hooks.
 - `Override`, `Block` and `Condition` describe attention edits by dataset roles and spans, so one
   condition serves every prompt of any task; the condition named `BASELINE` edits nothing.
+  `Condition.hooks` gives its hooks, `Condition.end_edits` the same edits for the END-only engine.
 - `ablation_hooks`: head-output ablation on `head_output(layer)` ([batch, pos, head, d_head]), every head
   outside a kept set replaced by given outputs (faithfulness; `circuit_reuse.ablation` computes the
   replacements: mean by role, resample, zero).
@@ -24,6 +27,7 @@ import torch
 
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import END, TaskDataset
+from circuit_reuse.end_edits import EndEdit, RowEdit
 from circuit_reuse.hook_names import attention_pattern, head_output
 
 Hook = tuple[str, Callable]
@@ -80,19 +84,15 @@ def _target_weights(key_positions: torch.Tensor, weights) -> torch.Tensor:
     return weights
 
 
-def attention_override_hooks(
-    heads: Iterable[Head],
-    query_positions: torch.Tensor,
-    key_positions: torch.Tensor,
-    weights: Sequence[float] | torch.Tensor | None = None,
-) -> list[Hook]:
-    """Hooks that replace, for each chosen head, the attention row of one query position per prompt.
+def override_rows(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None
+) -> RowEdit:
+    """The edit that makes each prompt's attention rows [batch, heads, keys] exactly one distribution.
 
-    `query_positions` [batch] is the query token (END for the paper), `key_positions` [batch, k] the keys
-    that receive weight and `weights` ([k] or [batch, k], uniform when None) how much: the row becomes
-    exactly that distribution, 0 elsewhere (two keys at the same position add up). Every other head, and
-    every other query position of the chosen heads, is left as it is. One hook per layer edits all chosen
-    heads of that layer. A key after its query would let a head read the future, so it is refused.
+    `key_positions` [batch, k] are the keys that receive weight and `weights` ([k] or [batch, k], uniform
+    when None) how much: each row becomes that distribution, 0 elsewhere (two keys at the same position
+    add up), whatever it was. `query_positions` [batch] are the rows' own positions: a key after its query
+    would let a head read the future, so it is refused.
     """
     query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
     key_positions = torch.as_tensor(key_positions, dtype=torch.long)
@@ -106,58 +106,78 @@ def attention_override_hooks(
         raise EditError("override key positions must lie at or before their query position (causal attention)")
     w = _target_weights(key_positions, weights)
 
+    def edit(rows: torch.Tensor) -> torch.Tensor:
+        batch, _, n_keys = rows.shape
+        target = torch.zeros(batch, n_keys, dtype=rows.dtype, device=rows.device)
+        target.scatter_add_(1, key_positions.to(rows.device), w.to(device=rows.device, dtype=rows.dtype))
+        return target[:, None, :].expand_as(rows)
+
+    return edit
+
+
+def block_rows(query_positions: torch.Tensor, key_spans: torch.Tensor) -> RowEdit:
+    """The edit that zeroes each prompt's attention rows [batch, heads, keys] on a span and renormalises.
+
+    `key_spans` [batch, 2] holds half-open [start, end) ranges, one per query position. The row's weight on
+    the span is set to 0 and the rest is renormalised to sum to 1, so the head still writes a convex
+    combination of its values, read from everywhere but the span (leaving the row unnormalised would also
+    shrink what the head writes, mixing "does not read the question" with "writes less"). A row whose
+    whole weight lay on the span stays all zero: the head then writes nothing at that position.
+    """
+    key_spans = torch.as_tensor(key_spans, dtype=torch.long)
+    if key_spans.shape != (len(query_positions), 2):
+        raise EditError(f"key spans have shape {tuple(key_spans.shape)}; expected ({len(query_positions)}, 2)")
+
+    def edit(rows: torch.Tensor) -> torch.Tensor:
+        keys = torch.arange(rows.shape[-1], device=rows.device)[None, :]
+        spans = key_spans.to(rows.device)
+        inside = (keys >= spans[:, :1]) & (keys < spans[:, 1:])  # [batch, n_keys]
+        kept = rows.masked_fill(inside[:, None, :], 0.0)
+        total = kept.sum(-1, keepdim=True)
+        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), kept)
+
+    return edit
+
+
+def row_edit_hooks(heads: Iterable[Head], query_positions: torch.Tensor, edit: RowEdit) -> list[Hook]:
+    """Hooks that apply `edit` to the chosen heads' attention rows at one query position per prompt.
+
+    One hook per layer edits all chosen heads of that layer; every other head, and every other query
+    position of the chosen heads, is left as it is.
+    """
+    query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
+
     def make(head_index: list[int]) -> Callable:
         heads_t = torch.tensor(head_index, dtype=torch.long)
 
         def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-            batch, _, _, n_keys = pattern.shape
             device = pattern.device
-            target = torch.zeros(batch, n_keys, dtype=pattern.dtype, device=device)
-            target.scatter_add_(1, key_positions.to(device), w.to(device=device, dtype=pattern.dtype))
-            rows = torch.arange(batch, device=device)
+            rows = torch.arange(pattern.shape[0], device=device)[:, None]
+            index = (rows, heads_t.to(device)[None, :], query_positions.to(device)[:, None])
             out = pattern.clone()
-            out[rows[:, None], heads_t.to(device)[None, :], query_positions.to(device)[:, None]] = target[:, None, :]
+            out[index] = edit(pattern[index])  # [batch, heads, n_keys]
             return out
 
         return hook
 
     return [(attention_pattern(layer), make(hs)) for layer, hs in heads_by_layer(heads).items()]
+
+
+def attention_override_hooks(
+    heads: Iterable[Head],
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor | None = None,
+) -> list[Hook]:
+    """Hooks that replace, for each chosen head, the attention row of one query position per prompt
+    (`query_positions` [batch], END for the paper) by a fixed distribution (`override_rows`)."""
+    return row_edit_hooks(heads, query_positions, override_rows(query_positions, key_positions, weights))
 
 
 def attention_block_hooks(heads: Iterable[Head], query_positions: torch.Tensor, key_spans: torch.Tensor) -> list[Hook]:
-    """Hooks that stop the chosen heads, at one query position per prompt, from attending to a token span.
-
-    `key_spans` [batch, 2] holds half-open [start, end) ranges. The row's weight on the span is set to 0 and
-    the rest is renormalised to sum to 1, so the head still writes a convex combination of its values,
-    read from everywhere but the span (leaving the row unnormalised would also shrink what the head
-    writes, mixing "does not read the question" with "writes less"). A row whose whole weight lay on the
-    span stays all zero: the head then writes nothing at that position.
-    """
-    query_positions = torch.as_tensor(query_positions, dtype=torch.long).flatten()
-    key_spans = torch.as_tensor(key_spans, dtype=torch.long)
-    if key_spans.shape != (query_positions.shape[0], 2):
-        raise EditError(f"key spans have shape {tuple(key_spans.shape)}; expected ({len(query_positions)}, 2)")
-
-    def make(head_index: list[int]) -> Callable:
-        heads_t = torch.tensor(head_index, dtype=torch.long)
-
-        def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-            batch, _, _, n_keys = pattern.shape
-            device = pattern.device
-            keys = torch.arange(n_keys, device=device)[None, :]
-            spans = key_spans.to(device)
-            inside = (keys >= spans[:, :1]) & (keys < spans[:, 1:])  # [batch, n_keys]
-            rows = torch.arange(batch, device=device)[:, None]
-            index = (rows, heads_t.to(device)[None, :], query_positions.to(device)[:, None])
-            kept = pattern[index].masked_fill(inside[:, None, :], 0.0)  # [batch, heads, n_keys]
-            total = kept.sum(-1, keepdim=True)
-            out = pattern.clone()
-            out[index] = torch.where(total > 0, kept / total.clamp_min(torch.finfo(kept.dtype).tiny), kept)
-            return out
-
-        return hook
-
-    return [(attention_pattern(layer), make(hs)) for layer, hs in heads_by_layer(heads).items()]
+    """Hooks that stop the chosen heads, at one query position per prompt, from attending to a token span
+    (`block_rows`)."""
+    return row_edit_hooks(heads, query_positions, block_rows(query_positions, key_spans))
 
 
 def merge_hooks(hooks: Iterable[Hook]) -> list[Hook]:
@@ -199,9 +219,11 @@ class Override:
     weights: tuple[float, ...] | None = None
     query_role: str = END
 
-    def hooks(self, batch: TaskDataset) -> list[Hook]:
+    def row_edit(self, batch: TaskDataset) -> tuple[torch.Tensor, RowEdit]:
+        """Where (the query positions [batch]) and how the heads' attention rows change on this batch."""
+        query = role_positions(batch, self.query_role)
         keys = torch.stack([role_positions(batch, r) for r in self.target_roles], dim=1)
-        return attention_override_hooks(self.heads, role_positions(batch, self.query_role), keys, self.weights)
+        return query, override_rows(query, keys, self.weights)
 
 
 @dataclass(frozen=True)
@@ -212,12 +234,14 @@ class Block:
     span: str = "question"
     query_role: str = END
 
-    def hooks(self, batch: TaskDataset) -> list[Hook]:
+    def row_edit(self, batch: TaskDataset) -> tuple[torch.Tensor, RowEdit]:
+        """Where (the query positions [batch]) and how the heads' attention rows change on this batch."""
         if self.span not in batch.spans:
             raise EditError(
                 f"span {self.span!r} is not in the {batch.task} dataset; its spans: {', '.join(sorted(batch.spans))}"
             )
-        return attention_block_hooks(self.heads, role_positions(batch, self.query_role), batch.spans[self.span])
+        query = role_positions(batch, self.query_role)
+        return query, block_rows(query, batch.spans[self.span])
 
 
 @dataclass(frozen=True)
@@ -232,7 +256,17 @@ class Condition:
         return sorted({tuple(h) for edit in self.edits for h in edit.heads})
 
     def hooks(self, batch: TaskDataset) -> list[Hook]:
-        return merge_hooks(hook for edit in self.edits for hook in edit.hooks(batch))
+        return merge_hooks(hook for edit in self.edits for hook in row_edit_hooks(edit.heads, *edit.row_edit(batch)))
+
+    def end_edits(self, batch: TaskDataset) -> list[EndEdit]:
+        """The same edits for `circuit_reuse.end_edits`, which edits only END: every query position must be it."""
+        found = []
+        for edit in self.edits:
+            query, row_edit = edit.row_edit(batch)
+            if not torch.equal(query, batch.end):
+                raise EditError(f"condition {self.name!r} edits attention at {edit.query_role}, not at END")
+            found += [EndEdit(layer, tuple(heads), row_edit) for layer, heads in heads_by_layer(edit.heads).items()]
+        return found
 
     def remap(self, mapping: Mapping[Head, Head], name: str | None = None) -> Condition:
         """The same edits on other heads: every head h becomes mapping[h]."""

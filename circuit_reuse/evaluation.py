@@ -22,24 +22,29 @@ the object the corrupted question asks about).
 
 `run_conditions` runs the clean prompts under each of several conditions (attention edits,
 `circuit_reuse.edits`) and `run_conditions_with_readouts` also reads chosen heads at END
-(`circuit_reuse.readouts`) from the same passes.
+(`circuit_reuse.readouts`) from the same passes. Two engines compute them (`choose_engine`): hooked
+forward passes of the bridge, one per condition and batch (the reference, for any model and edit), and,
+for a GPT-2 with every edit at END, `circuit_reuse.end_edits`: one clean pass per batch, then END alone
+per condition from its lowest edited layer up; the tables are the same either way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from circuit_reuse import end_edits
 from circuit_reuse.circuits import Head
 from circuit_reuse.datasets.core import DatasetError, TaskDataset
 from circuit_reuse.datasets.vocab import encode
-from circuit_reuse.edits import Condition, EditError, Hook, heads_by_layer
+from circuit_reuse.edits import Condition, EditError, Hook, heads_by_layer, role_positions
 from circuit_reuse.models import model_device
+from circuit_reuse.patching import GPT2Weights
 from circuit_reuse.readouts import head_rows, readout_hooks, readout_weights
 from circuit_reuse.statistics import bootstrap_ci
 
@@ -156,27 +161,37 @@ def _end_tables(
     batch_size: int,
     progress: bool,
     after_batch: Callable[[str, TaskDataset, np.ndarray], None] | None = None,
+    batch_logits: Callable[[TaskDataset], Iterator[torch.Tensor]] | None = None,
 ) -> pd.DataFrame:
     """The evaluator every table of this module comes from: for each run (condition name, which prompts,
     the hooks for a batch), every prompt in batches, one row per prompt: task, prompt, condition,
     metric_name and `end_columns`. `after_batch(condition, batch, prompt indices)` is called after each
-    batch's forward pass (readouts collect what the hooks recorded)."""
+    run's forward pass on a batch (readouts collect what the hooks recorded). `batch_logits(batch)`, when
+    given, replaces the hooked passes: it yields every run's logits at END for the batch, in run order
+    (the END-only engine, `circuit_reuse.end_edits`). Batches are the outer loop, so such an engine shares
+    work between runs; the table is run-major all the same."""
     from tqdm.auto import tqdm
 
     tokenizer = getattr(model, "tokenizer", None)
-    frames = []
-    for condition, prompts, hooks in runs:
-        starts = range(0, len(dataset), batch_size)
-        for start in tqdm(starts, desc=f"{dataset.task} {condition}", unit="batch", disable=not progress):
-            batch = dataset.subset(slice(start, start + batch_size))
+
+    def hooked(batch: TaskDataset) -> Iterator[torch.Tensor]:
+        for _, prompts, hooks in runs:
             tokens = batch.clean_tokens if prompts == "clean" else batch.corrupted_tokens
-            logits = end_logits(model, tokens, batch.end, hooks(batch))
-            index = np.arange(start, start + len(batch))
+            yield end_logits(model, tokens, batch.end, hooks(batch))
+
+    frames: list[list[pd.DataFrame]] = [[] for _ in runs]
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=dataset.task, unit="batch", disable=not progress):
+        batch = dataset.subset(slice(start, start + batch_size))
+        index = np.arange(start, start + len(batch))
+        for i, logits in enumerate((batch_logits or hooked)(batch)):
+            condition, prompts, _ = runs[i]
             columns = {"task": dataset.task, "prompt": index, "condition": condition, "metric_name": batch.metric.name}
-            frames.append(pd.DataFrame({**columns, **end_columns(logits, batch, prompts, tokenizer)}))
+            frames[i].append(pd.DataFrame({**columns, **end_columns(logits, batch, prompts, tokenizer)}))
             if after_batch is not None:
                 after_batch(condition, batch, index)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    ordered = [frame for run in frames for frame in run]
+    return pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
 
 
 def evaluate(
@@ -249,6 +264,54 @@ def summarize(
 # Prompts under attention edits (circuit_reuse.edits), with optional per-head readouts
 
 
+ENGINES = ("auto", "fast", "hooks")
+
+
+def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], engine: str = "auto") -> str:
+    """How `run_conditions` computes: "fast" (`circuit_reuse.end_edits`) or "hooks" (the reference).
+
+    "auto" takes the fast engine where it applies, a GPT-2 model with every edit at END; "fast" insists on
+    it and says why it does not apply. Both give the same tables (tests/test_end_edits.py).
+    """
+    if engine not in ENGINES:
+        raise EditError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "hooks":
+        return engine
+    why_not = None
+    if not end_edits.supports(model):
+        why_not = "the model is not a GPT-2 the fast engine implements"
+    else:
+        for condition in conditions:
+            for edit in condition.edits:
+                if not torch.equal(role_positions(dataset, edit.query_role), dataset.end):
+                    why_not = f"condition {condition.name!r} edits attention at {edit.query_role}, not only at END"
+    if why_not and engine == "fast":
+        raise EditError(f"the fast engine does not apply: {why_not}")
+    return "hooks" if why_not else "fast"
+
+
+def _end_only_logits(model, conditions: Sequence[Condition], readout_layers, seen: dict):
+    """`_end_tables`' batch_logits for the END-only engine: one clean pass per batch, then END alone per
+    condition; before each condition's logits are yielded, `seen` holds its readouts as `readout_hooks`
+    would have recorded them."""
+    weights = GPT2Weights(model)
+
+    def batch_logits(batch: TaskDataset) -> Iterator[torch.Tensor]:
+        device = model_device(model)
+        tokens = batch.clean_tokens[:, : int(batch.end.max()) + 1].to(device)
+        edit_sets = [condition.end_edits(batch) for condition in conditions]
+        run = end_edits.run_end_edits(weights, tokens, batch.end.to(device), edit_sets, readout_layers)
+        for i in range(len(conditions)):
+            seen.clear()
+            if readout_layers:
+                seen["scale"] = end_edits.final_scale(weights, run.final[i])
+                for layer in readout_layers:
+                    seen[f"pattern.{layer}"], seen[f"z.{layer}"] = run.patterns[layer][i], run.z[layer][i]
+            yield end_edits.final_logits(weights, run.final[i]).double()
+
+    return batch_logits
+
+
 @torch.no_grad()
 def _run_conditions(
     model,
@@ -258,6 +321,8 @@ def _run_conditions(
     readout_heads: Sequence[Head],
     readout_roles: Sequence[str],
     progress: bool,
+    engine: str = "auto",
+    read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
@@ -266,7 +331,7 @@ def _run_conditions(
     weights = readout_weights(model) if readout_heads else None
     device = model_device(model)
     seen: dict[str, torch.Tensor] = {}
-    head_parts = []
+    head_parts: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
 
     def hooks_for(condition: Condition) -> Callable[[TaskDataset], list[Hook]]:
         def hooks(batch: TaskDataset) -> list[Hook]:
@@ -280,17 +345,31 @@ def _run_conditions(
 
         return hooks
 
-    def read(condition: str, batch: TaskDataset, prompts: np.ndarray) -> None:
-        head_parts.append(head_rows(batch, condition, prompts, readout_layers, readout_roles, seen, weights))
+    def collect(condition: str, batch: TaskDataset, prompts: np.ndarray) -> None:
+        if read is None or condition in read:
+            head_parts[condition].append(
+                head_rows(batch, condition, prompts, readout_layers, readout_roles, seen, weights)
+            )
 
+    fast = choose_engine(model, dataset, conditions, engine) == "fast"
+    batch_logits = _end_only_logits(model, conditions, readout_layers, seen) if fast else None
     runs = [(c.name, "clean", hooks_for(c)) for c in conditions]
-    prompt_table = _end_tables(model, dataset, runs, batch_size, progress, read if readout_heads else None)
-    head_table = pd.concat(head_parts, ignore_index=True) if head_parts else pd.DataFrame()
+    prompt_table = _end_tables(
+        model, dataset, runs, batch_size, progress, collect if readout_heads else None, batch_logits
+    )
+    ordered = [part for name in names for part in head_parts[name]]
+    head_table = pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
     return prompt_table, head_table
 
 
 def run_conditions(
-    model, dataset: TaskDataset, conditions: Sequence[Condition], *, batch_size: int = 50, progress: bool = True
+    model,
+    dataset: TaskDataset,
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """One row per condition and prompt: the clean prompt at END under that condition's edits.
 
@@ -298,7 +377,7 @@ def run_conditions(
     logit_target, prob_target, top_token, top_str, target_rank, correct, beats_distractor: `evaluate`'s,
     from the same code.
     """
-    return _run_conditions(model, dataset, conditions, batch_size, (), (), progress)[0]
+    return _run_conditions(model, dataset, conditions, batch_size, (), (), progress, engine)[0]
 
 
 def run_conditions_with_readouts(
@@ -310,12 +389,17 @@ def run_conditions_with_readouts(
     *,
     batch_size: int = 50,
     progress: bool = True,
+    engine: str = "auto",
+    read: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`run_conditions` plus, from the same runs, one row per condition, prompt and readout head.
+    """`run_conditions` plus, from the same runs, one row per condition (those named in `read`, every one
+    when None), prompt and readout head. `engine`: see `choose_engine`.
 
     Head columns: condition, prompt, layer, head, attn_{role} (attention from END to each readout role,
     after any edit), dla (direct logit attribution to logit(answer) - logit(wrong), see
     `head_logit_attribution`) and dla_answer (the same onto the answer's unembedding alone).
     """
     readout_heads = sorted({(int(layer), int(head)) for layer, head in readout_heads})
-    return _run_conditions(model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress)
+    return _run_conditions(
+        model, dataset, conditions, batch_size, readout_heads, tuple(readout_roles), progress, engine, read
+    )

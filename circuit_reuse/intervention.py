@@ -13,9 +13,10 @@ dataset names the roles involved; the edits are `circuit_reuse.edits`, the forwa
   baseline, the overrides, the content gatherers' block), skipped or shrunk where head sets are empty.
 - `accuracy_table`: accuracy with paired percentile-bootstrap intervals, and the errors each condition
   fixes and introduces relative to the baseline.
-- `random_head_sets` / `random_head_controls`: the same edit on random heads matched by count and layer
-  range, seeded.
-- `intervention_experiment`: the whole experiment as tidy tables.
+- `random_head_sets` / `random_head_conditions` / `random_head_controls`: the same edit on random heads
+  matched by count and layer range, seeded, summarised per repeat by `control_rows`.
+- `intervention_experiment`: the whole experiment as tidy tables, every condition and random control in
+  one evaluation (so the END-only engine makes one clean pass per batch for all of them).
 """
 
 from __future__ import annotations
@@ -160,31 +161,35 @@ def random_head_sets(
     return sets
 
 
-def random_head_controls(
-    model,
-    dataset: TaskDataset,
+def random_head_conditions(
+    model, condition: Condition, repeats: int, seed: int, exclude: Iterable[Head] = ()
+) -> list[Condition]:
+    """The condition's edits on random heads (see `random_head_sets`), named "{condition}/random{repeat}"."""
+    sets = random_head_sets(model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name)
+    return [
+        condition.remap(dict(zip(condition.heads, chosen, strict=True)), name=f"{condition.name}/random{repeat}")
+        for repeat, chosen in enumerate(sets)
+    ]
+
+
+def control_rows(
     condition: Condition,
-    repeats: int,
+    controls: Sequence[Condition],
     seed: int,
-    exclude: Iterable[Head] = (),
+    per_prompt: pd.DataFrame,
     baseline_correct: np.ndarray | None = None,
-    *,
-    batch_size: int = 50,
-    progress: bool = True,
 ) -> pd.DataFrame:
-    """The condition's edits on random heads (see `random_head_sets`), one row per repeat.
+    """One row per random-head control of `condition` (`random_head_conditions`), from the per-prompt table
+    of a run that included them.
 
     Columns: condition, repeat, seed, heads, n_heads, layer_min, layer_max, accuracy, mean_metric,
     mean_answer_prob, and, given the baseline's per-prompt correctness, fixed and introduced.
     """
-    sets = random_head_sets(model.cfg.n_heads, condition.heads, repeats, seed, exclude, key=condition.name)
     rows = []
-    for repeat, chosen in enumerate(sets):
-        control = condition.remap(
-            dict(zip(condition.heads, chosen, strict=True)), name=f"{condition.name}/random{repeat}"
-        )
-        table = run_conditions(model, dataset, [control], batch_size=batch_size, progress=progress)
+    for repeat, control in enumerate(controls):
+        table = per_prompt[per_prompt["condition"] == control.name]
         correct = table.sort_values("prompt")["correct"].to_numpy(dtype=bool)
+        chosen = control.heads
         row = {
             "condition": condition.name,
             "repeat": repeat,
@@ -204,6 +209,25 @@ def random_head_controls(
             row.update(fixed=int((~before & correct).sum()), introduced=int((before & ~correct).sum()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def random_head_controls(
+    model,
+    dataset: TaskDataset,
+    condition: Condition,
+    repeats: int,
+    seed: int,
+    exclude: Iterable[Head] = (),
+    baseline_correct: np.ndarray | None = None,
+    *,
+    batch_size: int = 50,
+    progress: bool = True,
+    engine: str = "auto",
+) -> pd.DataFrame:
+    """The condition's edits on random heads, all repeats in one run, one row per repeat (`control_rows`)."""
+    controls = random_head_conditions(model, condition, repeats, seed, exclude)
+    table = run_conditions(model, dataset, controls, batch_size=batch_size, progress=progress, engine=engine)
+    return control_rows(condition, controls, seed, table, baseline_correct)
 
 
 def controls_summary(
@@ -444,27 +468,52 @@ def intervention_experiment(
     importance: Mapping[Head, float] | None = None,
     *,
     progress: bool = True,
+    engine: str = "auto",
 ) -> dict[str, pd.DataFrame]:
     """Run every condition, the random-head controls and the mover readouts; return the tidy tables.
 
     Tables: head_sets, per_prompt, accuracy, controls, controls_summary, movers, movers_spearman. Every
     planned condition has a row in accuracy and (but the baseline) in controls_summary, with a status
-    saying whether it ran and why not.
+    saying whether it ran and why not. `engine` (`circuit_reuse.evaluation.choose_engine`) does not change
+    the tables.
     """
     if settings.n_prompts:
         dataset = dataset.subset(slice(0, settings.n_prompts))
     plans = plan_conditions(sets, settings)
     ran = [p for p in plans if p.condition is not None]
+    # Random heads never include a head that any condition intervenes on.
+    intervened = {h for p in ran for h in p.condition.heads}
+    controls_of, why_not = {}, {}
+    for plan in plans:
+        if plan.kind == "none":
+            continue
+        if plan.condition is None:
+            why_not[plan.name] = plan.note
+        elif settings.repeats == 0:
+            why_not[plan.name] = "skipped: random_controls.repeats is 0"
+        else:
+            try:
+                controls_of[plan.name] = random_head_conditions(
+                    model, plan.condition, settings.repeats, settings.control_seed, intervened
+                )
+            except InterventionError as error:
+                why_not[plan.name] = f"skipped: {error}"
+    # One run for the conditions and every control: the END-only engine shares each batch's clean pass
+    # among them all. The movers are read out under the conditions alone.
     movers = sets["movers"].heads
-    per_prompt, head_table = run_conditions_with_readouts(
+    shown = [p.condition.name for p in ran]
+    every_prompt, head_table = run_conditions_with_readouts(
         model,
         dataset,
-        [p.condition for p in ran],
+        [p.condition for p in ran] + [c for controls in controls_of.values() for c in controls],
         movers,
         (settings.answer_role, *settings.target_roles),
         batch_size=settings.batch_size,
         progress=progress,
+        engine=engine,
+        read=shown,
     )
+    per_prompt = every_prompt[every_prompt["condition"].isin(shown)].reset_index(drop=True)
     per_prompt = prompt_changes(per_prompt)
 
     stats = accuracy_table(per_prompt, settings.n_boot, settings.boot_seed).set_index("condition")
@@ -480,34 +529,12 @@ def intervention_experiment(
     accuracy["n_boot"], accuracy["boot_seed"] = settings.n_boot, settings.boot_seed
     accuracy = accuracy.astype({"n_prompts": "Int64", "fixed": "Int64", "introduced": "Int64"})
 
-    # Random heads never include a head that any condition intervenes on.
-    intervened = {h for p in ran for h in p.condition.heads}
     baseline_correct = per_prompt[per_prompt["condition"] == BASELINE].sort_values("prompt")["correct"].to_numpy()
-    control_parts, why_not = [], {}
-    for plan in plans:
-        if plan.kind == "none":
-            continue
-        if plan.condition is None:
-            why_not[plan.name] = plan.note
-        elif settings.repeats == 0:
-            why_not[plan.name] = "skipped: random_controls.repeats is 0"
-        else:
-            try:
-                control_parts.append(
-                    random_head_controls(
-                        model,
-                        dataset,
-                        plan.condition,
-                        settings.repeats,
-                        settings.control_seed,
-                        intervened,
-                        baseline_correct,
-                        batch_size=settings.batch_size,
-                        progress=progress,
-                    )
-                )
-            except InterventionError as error:
-                why_not[plan.name] = f"skipped: {error}"
+    control_parts = [
+        control_rows(p.condition, controls_of[p.name], settings.control_seed, every_prompt, baseline_correct)
+        for p in ran
+        if p.name in controls_of
+    ]
     controls = pd.concat(control_parts, ignore_index=True) if control_parts else pd.DataFrame(columns=CONTROL_COLUMNS)
     intervened_accuracy = dict(zip(accuracy["condition"], accuracy["accuracy"], strict=True))
     summary = controls_summary(controls, intervened_accuracy).set_index("condition") if len(controls) else None

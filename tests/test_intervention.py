@@ -237,7 +237,7 @@ def test_override_refuses_future_keys_bad_weights_and_unknown_roles(co_dataset):
     with pytest.raises(EditError, match="sum to 1"):
         attention_override_hooks([(0, 0)], end, torch.tensor([[1, 2], [1, 2]]), weights=[0.5, 0.6])
     with pytest.raises(EditError, match="'wrong_colour'.*its roles"):
-        Override(((0, 0),), ("wrong_colour",)).hooks(co_dataset)
+        Override(((0, 0),), ("wrong_colour",)).row_edit(co_dataset)
     with pytest.raises(InterventionError, match="target_weights"):
         InterventionSettings(target_weights=(1.0,))
     with pytest.raises(InterventionError, match="reserved"):
@@ -266,7 +266,7 @@ def test_block_zeroes_the_span_and_renormalises_the_rest(model, co_dataset):
         blocked["blocks.1.attn.hook_pattern"][:, untouched], clean["blocks.1.attn.hook_pattern"][:, untouched]
     )
     with pytest.raises(EditError, match="span 'answer'"):
-        Block(((0, 0),), span="answer").hooks(co_dataset)
+        Block(((0, 0),), span="answer").row_edit(co_dataset)
 
 
 # --------------------------------------------------------------------------------------------------
