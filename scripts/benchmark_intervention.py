@@ -35,13 +35,13 @@ from benchmark_patching import (
     check_shape_against_real_config,
     peak_memory_mib,
     reset_peak_memory,
+    set_threads_and_find_tokenizer,
     synchronize,
 )
 
 from circuit_reuse.datasets import make_dataset
 from circuit_reuse.edits import BASELINE
 from circuit_reuse.intervention import HeadSet, InterventionSettings, intervention_experiment, plan_conditions
-from circuit_reuse.models import resolve_tokenizer_dir
 from circuit_reuse.paper import PAPER_HEADS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,11 +102,7 @@ def compare(fast: dict[str, pd.DataFrame], hooks: dict[str, pd.DataFrame]) -> tu
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tokenizer_dir = resolve_tokenizer_dir(args.tokenizer)
-    if tokenizer_dir is None:
-        raise SystemExit("set CIRCUIT_REUSE_TOKENIZER (or --tokenizer) to the GPT-2 tokenizer directory")
+    tokenizer_dir = set_threads_and_find_tokenizer(args.threads, args.tokenizer)
     section = yaml.safe_load(Path(args.config).read_text())["intervention"]
     settings = InterventionSettings.from_config(section)
     if args.batch_size:

@@ -265,13 +265,19 @@ def extrapolate(per_sender_prompt: dict[str, float], sender_set: str) -> tuple[f
     return total, assumptions
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tokenizer_dir = resolve_tokenizer_dir(args.tokenizer)
+def set_threads_and_find_tokenizer(threads: int | None, tokenizer: str | None) -> Path:
+    """Apply --threads and return the GPT-2 tokenizer directory (--tokenizer or $CIRCUIT_REUSE_TOKENIZER)."""
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer_dir = resolve_tokenizer_dir(tokenizer)
     if tokenizer_dir is None:
         raise SystemExit("set CIRCUIT_REUSE_TOKENIZER (or --tokenizer) to the GPT-2 tokenizer directory")
+    return tokenizer_dir
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tokenizer_dir = set_threads_and_find_tokenizer(args.threads, args.tokenizer)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)
     if unknown:
