@@ -75,7 +75,24 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
         *_shape_problems(config, shapes),
         *_intervention_head_problems(config, shapes),
         *_role_problems(config),
+        *_training_problems(config),
     ]
+
+
+def _training_problems(config: Mapping[str, Any]) -> list[str]:
+    """What each organism's recipe refuses beyond the schema (a batch that starves a task, a skeleton
+    curriculum for tasks that declare none), named under the model's key."""
+    from circuit_reuse.training import TrainingError, TrainingRecipe
+
+    problems = []
+    for name, entry in config["models"].items():
+        if entry["source"] != "trained":
+            continue
+        try:
+            TrainingRecipe.from_config(entry["training"])
+        except TrainingError as error:
+            problems.append(f"models.{name}.{error}")
+    return problems
 
 
 def path_problems(config: Mapping[str, Any]) -> list[str]:

@@ -49,6 +49,8 @@ class Task:
         {set: ("role" or "stage", which)}, e.g. {"inhibition": ("role", "inhibition")}.
     intervention_target: whether the intervention runs on this task's prompts (its dataset has the roles
         the intervention's settings name).
+    skeleton_roles: the roles whose tokens carry the answer; an organism's training may add these tokens
+        alone, at their own positions, as a curriculum (`circuit_reuse.training`); () for none.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Task:
     default_seed: int = 0
     intervention_heads: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     intervention_target: bool = False
+    skeleton_roles: tuple[str, ...] = ()
 
     def config_schema(self) -> dict[str, Any]:
         """The JSON schema of this task's section under `tasks:`."""

@@ -106,12 +106,30 @@ def test_a_random_stand_in_with_an_indivisible_shape_is_refused_too():
         ("batch_size", 0, "models.org.training.batch_size"),
         ("learning_rate", 0, "models.org.training.learning_rate"),
         ("warmup_steps", -1, "models.org.training.warmup_steps"),
+        ("init_std", 0, "models.org.training.init_std"),
+        ("skeleton_weight", -1, "models.org.training.skeleton_weight"),
+        ("skeleton_batch_size", 0, "models.org.training.skeleton_batch_size"),
     ],
 )
 def test_negative_weights_and_counts_are_named(key, value, named):
     config = _config()
     config["models"]["org"]["training"][key] = value
     assert named in _error(config)
+
+
+def test_a_skeleton_curriculum_for_tasks_that_declare_no_skeleton_is_named_before_any_job():
+    config = _config()
+    config["models"]["org"]["training"].update({"tasks": {"greater_than": 1}, "skeleton_weight": 1.0})
+    config["tasks"] = {"greater_than": {"n_prompts": 10, "seed": 0}}
+    message = _error(config)
+    assert "models.org.training.skeleton_weight: none of greater_than declares a skeleton" in message
+    assert "colored_objects" in message and "ioi" in message  # the tasks that do
+
+
+def test_a_batch_that_starves_a_task_is_named_before_any_job():
+    config = _config()
+    config["models"]["org"]["training"]["batch_size"] = 1
+    assert "models.org.training.batch_size: 1 prompts per step leave none for" in _error(config)
 
 
 def test_training_belongs_to_trained_models_only():
@@ -209,6 +227,50 @@ def test_the_compact_model_is_the_expanded_full_model_and_its_losses_are_full_vo
     assert float(accuracy) == hits / len(dataset)
 
 
+def test_a_skeleton_is_the_answer_roles_tokens_at_their_own_positions(tokenizer_dir):
+    dataset = make_dataset("colored_objects", 4, seed=5, tokenizer=tokenizer_dir)
+    roles = ("color_0", "object_0", "color_1", "object_1", "color_2", "object_2", "question_object")
+    skeleton = training._Skeletons.from_records(dataset.records, roles)
+    for i, record in enumerate(dataset.records):
+        where = record["positions"]
+        positions = [where[role] for role in roles]  # already in prompt order
+        assert skeleton.positions[i].tolist() == positions
+        assert skeleton.tokens[i].tolist() == [record["clean_tokens"][p] for p in positions]
+        assert int(skeleton.answer[i]) == record["answer"]
+        # Each object's left neighbour is its colour; no other skeleton token has its neighbour in the skeleton.
+        colours = {where[f"object_{k}"]: record["clean_tokens"][where[f"color_{k}"]] for k in range(3)}
+        expected = [colours.get(p, -100) for p in positions]
+        assert skeleton.previous[i].tolist() == expected
+    ioi = make_dataset("ioi", 4, seed=5, tokenizer=tokenizer_dir)
+    names = training._Skeletons.from_records(ioi.records, ("IO", "S1", "S2", "END"))
+    assert (names.previous == -100).all()
+    assert names.positions[:, -1].tolist() == [record["positions"]["END"] for record in ioi.records]
+
+
+def test_the_skeleton_loss_is_the_models_own_cross_entropy_at_those_positions(tokenizer_dir):
+    dataset = make_dataset("colored_objects", 3, seed=6, tokenizer=tokenizer_dir)
+    roles = ("color_0", "object_0", "color_1", "object_1", "color_2", "object_2", "question_object")
+    skeleton = training._Skeletons.from_records(dataset.records, roles)
+    used = torch.tensor([t for record in dataset.records for t in record["clean_tokens"] + [record["answer"]]])
+    vocabulary = training._TaskVocabulary(torch.unique(used), 50257)
+    skeleton.compact(vocabulary)
+    torch.manual_seed(0)
+    compact = GPT2LMHeadModel(training._compact_config(random_gpt2_config(**TINY_SHAPE), vocabulary)).eval()
+    full = vocabulary.expand(compact, random_gpt2_config(**TINY_SHAPE))
+    with torch.no_grad():
+        loss = skeleton.loss(compact, torch.arange(3), vocabulary)
+        answers, previous = [], []
+        for record in dataset.records:
+            positions = [record["positions"][role] for role in roles]
+            tokens = torch.tensor([[record["clean_tokens"][p] for p in positions]])
+            logits = full(tokens, position_ids=torch.tensor([positions])).logits[0]
+            answers.append(F.cross_entropy(logits[-1], torch.tensor(record["answer"])))
+            for k in range(3):  # objects 1, 3, 5 of the skeleton predict their colours 0, 2, 4
+                previous.append(F.cross_entropy(logits[2 * k + 1], tokens[0, 2 * k]))
+    expected = torch.stack(answers).mean() + torch.stack(previous).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 # --- caching: determinism, resuming, interruption ----------------------------------------------------------
 
 
@@ -221,6 +283,15 @@ def test_same_config_gives_the_same_weights_and_another_seed_other_weights(tmp_p
     assert c["files"]["model.safetensors"] != a["files"]["model.safetensors"]
     assert a["spec"]["source"] == "trained" and a["spec"]["training"]["steps"] == 4
     assert a["spec"]["training"]["task_options"] == {"ioi": {}, "colored_objects": {}}
+
+
+def test_the_skeleton_curriculum_and_init_scale_are_deterministic_and_change_the_weights(tmp_path, tokenizer_dir):
+    curriculum = {"skeleton_weight": 1.0, "skeleton_batch_size": 3, "init_std": 0.1}
+    a = cache_model(_spec(seed=0, **curriculum), tmp_path / "a", tokenizer_dir=tokenizer_dir)
+    b = cache_model(_spec(seed=0, **curriculum), tmp_path / "b", tokenizer_dir=tokenizer_dir)
+    plain = cache_model(_spec(seed=0, init_std=0.1), tmp_path / "plain", tokenizer_dir=tokenizer_dir)
+    assert a["files"]["model.safetensors"] == b["files"]["model.safetensors"]
+    assert plain["files"]["model.safetensors"] != a["files"]["model.safetensors"]
 
 
 def test_an_organism_is_cached_with_its_curve_and_loads_for_analysis(tmp_path, tokenizer_dir):

@@ -457,5 +457,7 @@ TASK_SPEC = register(
         spans=SPANS,
         intervention_heads={"content_gatherers": ("role", "content_gatherer"), "movers": ("stage", "movers")},
         intervention_target=True,
+        # The query's colour-object pairs and the asked object: the binding, without the filler.
+        skeleton_roles=("color_0", "object_0", "color_1", "object_1", "color_2", "object_2", "question_object"),
     )
 )

@@ -335,5 +335,7 @@ TASK_SPEC = register(
         roles=ROLES,
         ablation_reference="abc",
         intervention_heads={"inhibition": ("role", "inhibition"), "negative_mover": ("role", "negative_mover")},
+        # The two names, the repeated subject and END: which name comes back, without the filler.
+        skeleton_roles=("IO", "S1", "S2", END),
     )
 )
