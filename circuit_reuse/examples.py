@@ -60,8 +60,10 @@ def copy_examples(results: str | Path, example_data: str | Path) -> list[str]:
 
 def readme_figures(figures: str | Path, model: str, task: str) -> list[str]:
     """The PNGs of a run's figures/ that the README shows: every whole-run figure, and one model's head
-    grid (on `task`), overlap, movers, faithfulness and mechanisms; as paths relative to `figures`."""
+    grid (on `task`), overlap, movers, faithfulness and mechanisms; as paths relative to `figures`. The
+    training curves are among the whole-run figures when the config trains organisms."""
     names = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
+    names += ["training_curves"]
     names += [f"head_grids/{model}.{task}", f"overlap/{model}", f"movers/{model}", f"faithfulness/{model}"]
     names += [f"mechanisms/{model}.attention", f"mechanisms/{model}.ov"]
     return [f"{name}.png" for name in names if (Path(figures) / f"{name}.png").is_file()]

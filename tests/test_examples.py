@@ -56,9 +56,11 @@ def test_a_moved_score_a_changed_selection_and_a_missing_file_are_drift(run, tmp
 
 def test_the_readme_figures_are_copied_flat(tmp_path):
     figures = tmp_path / "figures"
-    for name in ("baselines", "head_grids/m.ioi", "head_grids/m.colored_objects", "overlap/m", "overlap/other"):
+    names = ("baselines", "training_curves", "head_grids/m.ioi", "head_grids/m.colored_objects", "overlap/m")
+    names += ("overlap/other",)
+    for name in names:
         (figures / f"{name}.png").parent.mkdir(parents=True, exist_ok=True)
         (figures / f"{name}.png").write_bytes(b"png")
     copied = copy_readme_figures(figures, tmp_path / "readme", "m", "ioi")
-    assert copied == ["baselines.png", "head_grids.m.ioi.png", "overlap.m.png"]
+    assert copied == ["baselines.png", "training_curves.png", "head_grids.m.ioi.png", "overlap.m.png"]
     assert sorted(p.name for p in (tmp_path / "readme").iterdir()) == sorted(copied)
