@@ -1,12 +1,14 @@
-"""The organisms' configuration (workflow/configs/organisms.yaml) through the whole DAG: a small GPT-2
-trained by the workflow on the tasks, then every stage on a model that does them.
+"""The organisms' configuration (workflow/configs/organisms.yaml) through the whole DAG: small GPT-2s
+trained by the workflow on the tasks, then every stage on models that do them.
 
 These are properties a working chain must show on a model that does the tasks, asserted as inequalities
-whose margins were measured on this configuration (see the README's "Model organisms"): the organisms do
-IOI on the evaluation prompts and discovery finds heads at every stage their depth allows. Two properties
-the issue asks for are not asserted: the intervention on Colored Objects (neither organism learns that
-task in 800 steps, and organism-a's IOI circuit has no inhibition or negative mover head to override) and
-circuit faithfulness (that analysis is not in the workflow yet).
+whose margins were measured on this configuration (see the README's "What the organisms run finds"): the
+organisms do IOI and Colored Objects on the evaluation prompts; discovery finds heads at every stage their
+depth allows; each Colored Objects circuit is far more faithful than random circuits with its heads per
+layer. Not asserted, for reasons the README gives with the numbers: IOI's faithfulness against random
+circuits (the random sets match it), and the intervention moving accuracy more on the discovered heads
+than on random ones (both organisms answer 100% of the Colored Objects prompts, so an override can only
+break answers, and the discovered heads break fewer than random ones).
 
 One module-scoped run (training included) serves every test; CIRCUIT_REUSE_ORGANISMS_RUN names a finished
 run of this config to check instead.
@@ -31,12 +33,18 @@ from circuit_reuse.models import verify_cache
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "workflow" / "configs" / "organisms.yaml"
 TASKS = ("ioi", "colored_objects")
-# IOI accuracy on the workflow's own (evaluation-seed) prompts, clean and corrupted: the target is 95%;
-# organism-b reached 100% (clean and corrupted), organism-a 92% clean and 91% corrupted (it misses the
-# target after 800 steps), each with a mean logit difference above 6. Colored Objects is not asserted:
-# neither organism learns it in 800 steps (22.5% and 36%, with a logit difference near 0).
-IOI_ACCURACY_FLOOR = {"organism-a": 0.85, "organism-b": 0.95}
-IOI_LOGIT_DIFF_FLOOR = 3.0
+# Accuracy on the workflow's own (evaluation-seed) prompts, clean and corrupted, against the 95% target:
+# measured 99.5-100% on both tasks for both organisms, with mean logit differences of 9.5-13.3 (intervals
+# at least 9 away from 0).
+ACCURACY_FLOOR = 0.95
+LOGIT_DIFF_FLOOR = 5.0
+# Colored Objects circuits under mean ablation: f = 0.51 (organism-a) and 0.87 (organism-b), against random
+# circuits with the same heads per layer whose best of five reached 0.23 and 0.63. IOI's circuits are not
+# asserted: their inhibition stage holds heads whose path-patching scores are about 1e-6, and random head
+# sets of the same layers (half of organism-a's layers) match them (README).
+FAITHFULNESS_TASKS = ("colored_objects",)
+FAITHFULNESS_FLOOR = 0.4
+FAITHFULNESS_MARGIN_OVER_BEST_RANDOM = 0.1
 
 
 # A finished run of CONFIG to check instead of running it again (e.g. the one whose figures are committed).
@@ -81,16 +89,30 @@ def test_every_organism_is_cached_with_its_training_curve_and_figure(run):
     assert len(pd.read_csv(run_dir / "results/tables/training_curves.csv")) == len(_models()) * len(TASKS)
 
 
-def test_every_organism_does_ioi_on_the_evaluation_prompts(run):
+def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
     run_dir, _ = run
-    baselines = read_parquet(run_dir / "results/tables/baselines.parquet")
-    ioi = baselines[baselines["task"] == "ioi"].set_index(["model", "condition"])
-    for model, floor in IOI_ACCURACY_FLOOR.items():
-        # Clean prompts answer IO; corrupted ones (S2 -> IO) answer S: the organism follows the corruption.
-        for condition in ("clean", "corrupted"):
-            assert ioi.loc[(model, condition), "accuracy"] >= floor, (model, condition)
-        assert ioi.loc[(model, "clean"), "metric_ci_low"] > IOI_LOGIT_DIFF_FLOOR
-        assert ioi.loc[(model, "corrupted"), "metric_ci_high"] < -IOI_LOGIT_DIFF_FLOOR
+    baselines = read_parquet(run_dir / "results/tables/baselines.parquet").set_index(["model", "task", "condition"])
+    for model in _models():
+        for task in TASKS:
+            # Corrupted prompts (IOI: S2 -> IO; Colored Objects: another object asked) answer the corrupted
+            # question: the organism follows the corruption, so the metric flips sign.
+            for condition in ("clean", "corrupted"):
+                assert baselines.loc[(model, task, condition), "accuracy"] >= ACCURACY_FLOOR, (model, task, condition)
+            assert baselines.loc[(model, task, "clean"), "metric_ci_low"] > LOGIT_DIFF_FLOOR, (model, task)
+            assert baselines.loc[(model, task, "corrupted"), "metric_ci_high"] < -LOGIT_DIFF_FLOOR, (model, task)
+
+
+def test_each_colored_objects_circuit_is_far_more_faithful_than_random_circuits_of_its_layers(run):
+    run_dir, _ = run
+    for model in _models():
+        for task in FAITHFULNESS_TASKS:
+            summary = read_parquet(run_dir / f"results/faithfulness/{model}/{task}.summary.parquet")
+            own_task = summary[(summary["ablation"] == "mean") & (summary["circuit_task"] == task)]
+            circuit = own_task.loc[own_task["kind"] == "circuit", "f"].item()
+            random = own_task.loc[own_task["kind"] == "random", "f"]
+            assert len(random) >= 5
+            assert circuit >= FAITHFULNESS_FLOOR, (model, task, circuit)
+            assert circuit - random.max() >= FAITHFULNESS_MARGIN_OVER_BEST_RANDOM, (model, task, circuit, random.max())
 
 
 def test_every_stage_the_depth_allows_finds_heads(run):
