@@ -415,24 +415,25 @@ def train_organism(
     order = torch.Generator().manual_seed(recipe.seed)
     sums = {task: [0.0, 0.0, 0] for task in tasks}  # loss, accuracy, steps since the last evaluation
     rows = []
+    # Each task's share of every step's loss (its whole prompts and, where it has them, its skeletons).
+    loss_shares = {task: recipe.tasks[task] / sum(recipe.tasks[t] for t in tasks) for task in tasks}
     bar = tqdm(range(recipe.steps), desc="training", unit="step", disable=not progress, smoothing=0.05)
     for step in bar:
         rate = learning_rate(step, recipe)
         for group in optimizer.param_groups:
             group["lr"] = rate
         optimizer.zero_grad(set_to_none=True)
-        weight_sum = sum(recipe.tasks[t] for t in tasks)
         for task in tasks:
             index = torch.randint(len(train[task].end), (counts[task],), generator=order)
             answer_loss, lm_loss, accuracy = _losses(model, train[task].take(index), vocabulary)
-            ((answer_loss + recipe.lm_loss_weight * lm_loss) * recipe.tasks[task] / weight_sum).backward()
+            ((answer_loss + recipe.lm_loss_weight * lm_loss) * loss_shares[task]).backward()
             sums[task][0] += answer_loss.item()
             sums[task][1] += accuracy.item()
             sums[task][2] += 1
             if task in skeletons:
                 index = torch.randint(len(skeletons[task].answer), (recipe.skeleton_batch_size,), generator=order)
                 skeleton_loss = skeletons[task].loss(model, index, vocabulary)
-                (recipe.skeleton_weight * skeleton_loss * recipe.tasks[task] / weight_sum).backward()
+                (recipe.skeleton_weight * skeleton_loss * loss_shares[task]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
