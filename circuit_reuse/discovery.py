@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from circuit_reuse.attribution import DEFAULT_IG_STEPS, DEFAULT_METHOD, METHODS, score_heads
 from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads, selection_margin
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
@@ -25,7 +26,6 @@ from circuit_reuse.patching import (
     DEFAULT_AVERAGING,
     DEFAULT_SENDER_SET,
     SENDER_SETS,
-    path_patch,
     sender_heads,
 )
 from circuit_reuse.tasks import get_task
@@ -44,6 +44,8 @@ class StageSpec:
     components: tuple[str, ...]  # which of each receiver head's q, k, v are patched; () for logits
     position: str  # the dataset role where senders are patched and receivers read
     senders: str | None = DEFAULT_SENDER_SET  # patching.SENDER_SETS; None for logits (every head is a sender)
+    method: str = DEFAULT_METHOD  # attribution.METHODS: exact path patching or a gradient estimate of it
+    ig_steps: int | None = None  # points on the clean-to-corrupted line, for eap_ig only
 
     @property
     def kind(self) -> str:
@@ -52,10 +54,17 @@ class StageSpec:
         return "query" if self.components == ("q",) else "key_value"
 
 
-def parse_stages(task: str, entries: Sequence[Mapping[str, Any]], senders: str = DEFAULT_SENDER_SET) -> list[StageSpec]:
+def parse_stages(
+    task: str,
+    entries: Sequence[Mapping[str, Any]],
+    senders: str = DEFAULT_SENDER_SET,
+    method: str = DEFAULT_METHOD,
+    ig_steps: int = DEFAULT_IG_STEPS,
+) -> list[StageSpec]:
     """Turn a task's `discovery.stages` config into StageSpecs, checking that each refers backwards.
 
-    `senders` is the sender set of every stage with head receivers that names none of its own."""
+    `senders`, `method` and `ig_steps` apply to every stage that names none of its own (`senders` to stages
+    with head receivers only)."""
     specs: list[StageSpec] = []
     for i, entry in enumerate(entries):
         where = f"discovery.stages.{task}[{i}]"
@@ -63,8 +72,12 @@ def parse_stages(task: str, entries: Sequence[Mapping[str, Any]], senders: str =
         stage_senders = entry.get("senders", senders)
         if stage_senders not in SENDER_SETS:
             raise StageError(f"{where}.senders: {stage_senders!r} is not one of {', '.join(SENDER_SETS)}")
+        stage_method = entry.get("method", method)
+        if stage_method not in METHODS:
+            raise StageError(f"{where}.method: {stage_method!r} is not one of {', '.join(METHODS)}")
+        scoring = {"method": stage_method, "ig_steps": entry.get("ig_steps", ig_steps) if stage_method == "eap_ig" else None}
         if receivers == "logits":
-            spec = StageSpec(entry["name"], "logits", (), entry.get("position", END), None)
+            spec = StageSpec(entry["name"], "logits", (), entry.get("position", END), None, **scoring)
             if spec.position != END:
                 raise StageError(f"{where}: a logits stage reads the answer at END, not at {spec.position!r}")
         else:
@@ -75,7 +88,7 @@ def parse_stages(task: str, entries: Sequence[Mapping[str, Any]], senders: str =
                     f"of {task} (earlier stages: {', '.join(earlier) or 'none'})"
                 )
             components = tuple(receivers["components"])
-            spec = StageSpec(entry["name"], receivers["stage"], components, entry["position"], stage_senders)
+            spec = StageSpec(entry["name"], receivers["stage"], components, entry["position"], stage_senders, **scoring)
         if spec.name in {s.name for s in specs}:
             raise StageError(f"{where}: stage name {spec.name!r} is used twice")
         specs.append(spec)
@@ -112,7 +125,7 @@ def run_stage(
     averaging_batch_size: int = AUTHORS_AVERAGING_BATCH_SIZE,
     progress: bool = True,
 ) -> np.ndarray:
-    """Path-patching scores [n_layers, n_heads] of one stage; all NaN when its sender set is empty."""
+    """Scores [n_layers, n_heads] of one stage by its method; all NaN when its sender set is empty."""
     if spec.position not in dataset.positions:
         raise StageError(
             f"stage {spec.name!r} patches at role {spec.position!r}, which the {dataset.task} dataset does not "
@@ -121,7 +134,7 @@ def run_stage(
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     if not stage_senders(spec, receivers, *shape):
         return np.full(shape, np.nan)  # no receivers, or none that a head of the stage's sender set reaches
-    scores = path_patch(
+    scores = score_heads(
         model,
         dataset.clean_tokens,
         dataset.corrupted_tokens,
@@ -136,6 +149,8 @@ def run_stage(
         progress=progress,
         metric=dataset.metric,
         metric_weights=dataset.metric_weights,
+        method=spec.method,
+        ig_steps=spec.ig_steps,
     )
     return scores.detach().cpu().double().numpy()
 

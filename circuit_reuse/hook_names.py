@@ -33,6 +33,11 @@ def mlp_output(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
 
+def residual_pre(layer: int) -> str:
+    """The residual stream entering the block (for block 0, the embedded tokens): [batch, pos, d_model]."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
 def residual_post(layer: int) -> str:
     """The residual stream leaving the block: [batch, pos, d_model]."""
     return f"blocks.{layer}.hook_resid_post"

@@ -109,3 +109,17 @@ def test_executed_notebooks_are_compared_without_their_run_times(tmp_path):
 
     _write(slurm, {"results/notebooks/01.ipynb": _executed_notebook("2\n", "2026-01-01T11:30")})
     assert verify.compare_outputs(local, slurm)[1][0].startswith("results/notebooks/01.ipynb: DIFFERENT")
+
+
+def test_measured_wall_times_are_compared_for_presence_only(tmp_path):
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    times = "results/attribution/tiny-a/times.parquet"
+    _write(local, {times: "1.5 s", f"{times}.sha256": "aaaa", "results/attribution/tiny-a/summary.parquet": "x"})
+    _write(slurm, {times: "2.5 s", f"{times}.sha256": "bbbb", "results/attribution/tiny-a/summary.parquet": "x"})
+    assert verify.compare_outputs(local, slurm)[1] == []
+
+    (slurm / times).unlink()
+    assert verify.compare_outputs(local, slurm)[1] == [f"{times}: only in the local run"]
+    # Every other file is still compared byte for byte.
+    _write(slurm, {times: "2.5 s", "results/attribution/tiny-a/summary.parquet": "y"})
+    assert verify.compare_outputs(local, slurm)[1][0].startswith("results/attribution/tiny-a/summary.parquet: DIFFERENT")

@@ -65,6 +65,16 @@ def scores_path(model, task, stage):
     return f"results/patching/{model}/{task}/{stage}.parquet"
 
 
+def scoring_time_path(model, task, stage):
+    """JSON: how long a stage's scoring took, by which method on which device (a wall time, so not in results/)."""
+    return f"benchmarks/scoring/{model}/{task}/{stage}.json"
+
+
+def attribution_dir(model):
+    """Every stage scored by each compared method and set against the exact scores."""
+    return f"results/attribution/{model}"
+
+
 def circuit_path(model, task):
     """The discovered circuit: JSON with every stage's selected heads, scores and roles."""
     return f"results/circuits/{model}/{task}.json"
@@ -106,7 +116,14 @@ NOTEBOOKS_OUT_DIR = "results/notebooks"
 
 try:  # validation gave every task its stages (the config's, else its registered default)
     STAGES = {
-        task: parse_stages(task, config["discovery"]["stages"][task], config["discovery"]["senders"]) for task in TASKS
+        task: parse_stages(
+            task,
+            config["discovery"]["stages"][task],
+            config["discovery"]["senders"],
+            config["discovery"]["method"],
+            config["discovery"]["ig_steps"],
+        )
+        for task in TASKS
     }
 except StageError as error:
     raise WorkflowError(f"invalid config:\n  {error}") from None

@@ -7,6 +7,7 @@ rule patch_stage:
         unpack(stage_inputs),
     output:
         scores=scores_path("{model}", "{task}", "{stage}"),
+        timing=scoring_time_path("{model}", "{task}", "{stage}"),
     params:
         stage=lambda wildcards: asdict(STAGE_SPECS[wildcards.task][wildcards.stage]),
         selection=stage_selection,

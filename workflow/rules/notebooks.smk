@@ -346,3 +346,40 @@ if TRAINED_MODELS:
             "../../scripts/run_notebook.py"
 
     ALL_TARGETS.append(f"{FIGURES_DIR}/training_curves.png")
+
+
+if ATTRIBUTION_RUNS:
+
+    rule notebook_attribution:
+        input:
+            notebook=notebook_source("12_attribution"),
+            scores=f"{attribution_dir('{model}')}/scores.parquet",
+            summary=f"{attribution_dir('{model}')}/summary.parquet",
+            times=f"{attribution_dir('{model}')}/times.parquet",
+        output:
+            notebook=executed_notebook("12_attribution", ".{model}"),
+            **figure_outputs("attribution/{model}", "attribution", "12. Attribution patching", "{model}"),
+            **table_outputs("attribution/{model}"),
+            # Wall times, which differ between runs: the SLURM test checks them for presence only.
+            times_csv=f"{TABLES_DIR}/attribution_times/{{model}}.csv",
+            times_tex=f"{TABLES_DIR}/attribution_times/{{model}}.tex",
+        params:
+            parameters=lambda wildcards, input, output: {
+                "model": wildcards.model,
+                "scores": [input.scores],
+                "summary": [input.summary],
+                "times": [input.times],
+                "times_table": output.times_csv[: -len(".csv")],
+                **stems(output),
+            },
+        threads: job_threads("light")
+        resources:
+            **job_resources("light"),
+        benchmark:
+            "benchmarks/notebook_attribution/{model}.tsv",
+        log:
+            "logs/notebook_attribution/{model}.log",
+        script:
+            "../../scripts/run_notebook.py"
+
+    ALL_TARGETS.extend(f"{FIGURES_DIR}/attribution/{m}.png" for m in MODELS)
