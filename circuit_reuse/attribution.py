@@ -173,7 +173,9 @@ def _batch_estimates(model, job: PatchJob, alphas: Sequence[float]):
             gradient[layer] = gradient.get(layer, 0) + value / len(alphas)
     estimate = torch.stack(
         [
-            (gradient[layer][:, head] * (corrupt[head_output(layer)][:, head] - clean[head_output(layer)][:, head])).sum(-1)
+            (
+                gradient[layer][:, head] * (corrupt[head_output(layer)][:, head] - clean[head_output(layer)][:, head])
+            ).sum(-1)
             for layer, head in job.senders
         ]
     )
@@ -211,10 +213,25 @@ def _metric_gradient(model, job: PatchJob, rows, start, wanted):
     probes: dict[str, torch.Tensor] = {}
     stored: dict[str, torch.Tensor] = {}
 
+    p = job.position
+    sites = _receiver_sites(job)
+
     def probe(name):
+        # The recipe sets the receivers' inputs at p, so no receiver reaches another through them: the value
+        # there is cut from what computed it, and the probe is the only way in.
+        heads = sites[name] or slice(None)
+
         def hook(activation, hook):
-            probes[name] = torch.zeros_like(activation, requires_grad=True)
-            return activation + probes[name]
+            at_p = activation[rows, p]
+            probes[name] = torch.zeros_like(at_p[:, heads], requires_grad=True)
+            activation = activation.clone()
+            if sites[name]:
+                at_p = at_p.clone()
+                at_p[:, heads] = at_p[:, heads].detach() + probes[name]
+            else:
+                at_p = at_p.detach() + probes[name]
+            activation[rows, p] = at_p
+            return activation
 
         return hook
 
@@ -224,16 +241,14 @@ def _metric_gradient(model, job: PatchJob, rows, start, wanted):
 
         return hook
 
-    sites = _receiver_sites(job)
     hooks = start + [(name, keep(key, take)) for name, key, take in wanted] + [(name, probe(name)) for name in sites]
     with torch.enable_grad():
         logits = model.run_with_hooks(job.clean, fwd_hooks=hooks)
         metric = job_metric(job, logits[rows, job.end])
         names = list(sites)
         grads = torch.autograd.grad(metric.sum(), [probes[name] for name in names], allow_unused=True)
-    p = job.position
     receiver_gradients = {
-        name: _at_receivers(torch.zeros_like(probes[name]) if grad is None else grad, rows, p, sites[name]).detach()
+        name: (torch.zeros_like(probes[name]) if grad is None else grad).detach()
         for name, grad in zip(names, grads, strict=True)
     }
     return receiver_gradients, metric.detach(), stored

@@ -75,7 +75,10 @@ def parse_stages(
         stage_method = entry.get("method", method)
         if stage_method not in METHODS:
             raise StageError(f"{where}.method: {stage_method!r} is not one of {', '.join(METHODS)}")
-        scoring = {"method": stage_method, "ig_steps": entry.get("ig_steps", ig_steps) if stage_method == "eap_ig" else None}
+        scoring = {
+            "method": stage_method,
+            "ig_steps": entry.get("ig_steps", ig_steps) if stage_method == "eap_ig" else None,
+        }
         if receivers == "logits":
             spec = StageSpec(entry["name"], "logits", (), entry.get("position", END), None, **scoring)
             if spec.position != END:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -51,11 +52,8 @@ def rescore_stages(
         for method in methods:
             if method == spec.method:
                 continue
-            steps = spec.ig_steps if spec.method == "eap_ig" and spec.ig_steps else ig_steps
-            scored = StageSpec(
-                spec.name, spec.receivers, spec.components, spec.position, spec.senders, method,
-                steps if method == "eap_ig" else None,
-            )
+            steps = (spec.ig_steps or ig_steps) if method == "eap_ig" else None
+            scored = replace(spec, method=method, ig_steps=steps)
             start = time.perf_counter()
             by_stage[spec.name][method] = run_stage(model, dataset, scored, receivers, **options)
             seconds[spec.name][method] = time.perf_counter() - start
@@ -114,8 +112,14 @@ def comparison_tables(
                 )
             )
             summaries.append(
-                {"model": model_name, "task": task, "stage": stage, "method": method, "receivers": receivers[stage],
-                 **compare_grids(exact, grid, selection)}
+                {
+                    "model": model_name,
+                    "task": task,
+                    "stage": stage,
+                    "method": method,
+                    "receivers": receivers[stage],
+                    **compare_grids(exact, grid, selection),
+                }
             )
     return pd.concat(heads, ignore_index=True), pd.DataFrame(summaries)
 
@@ -126,8 +130,15 @@ def times_table(
     """Wall seconds per stage and method, as measured in the jobs that computed them."""
     return pd.DataFrame(
         [
-            {"model": model_name, "task": task, "stage": stage, "method": method, "wall_s": wall, "device": device,
-             "n_prompts": n_prompts}
+            {
+                "model": model_name,
+                "task": task,
+                "stage": stage,
+                "method": method,
+                "wall_s": wall,
+                "device": device,
+                "n_prompts": n_prompts,
+            }
             for stage, by_method in seconds.items()
             for method, wall in by_method.items()
         ]

@@ -20,7 +20,10 @@ with model_job(job):
     scores, summaries, times = [], [], []
     for task in settings.tasks:
         specs = [StageSpec(**{**s, "components": tuple(s["components"])}) for s in settings.stages[task]]
-        grids = {spec.name: grid_from_table(read_parquet(path)) for spec, path in zip(specs, job.input[f"grids_{task}"], strict=True)}
+        grids = {
+            spec.name: grid_from_table(read_parquet(path))
+            for spec, path in zip(specs, job.input[f"grids_{task}"], strict=True)
+        }
         dataset = load_dataset(job.input[f"dataset_{task}"])
         if settings.n_prompts:
             dataset = dataset.subset(slice(0, settings.n_prompts))
@@ -47,7 +50,8 @@ with model_job(job):
         for row in summary.itertuples():
             print(
                 f"{job.wildcards.model} {task} {row.stage} {row.method}: Spearman {row.spearman:+.3f} over "
-                f"{row.n_senders} senders, recall {row.recall:.2f} of {row.k} heads, max |error| {row.max_abs_error:.3g}"
+                f"{row.n_senders} senders, recall {row.recall:.2f} of {row.k} heads, "
+                f"max |error| {row.max_abs_error:.3g}"
                 + (f"; exact alone: {row.only_exact}" if row.only_exact else "")
                 + (f"; {row.method} alone: {row.only_approx}" if row.only_approx else "")
             )

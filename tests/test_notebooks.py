@@ -16,8 +16,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_NAMES = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_eleven_figure_families_have_a_notebook():
-    assert [name[:2] for name in NOTEBOOK_NAMES] == [f"{i:02d}" for i in range(1, 12)]
+def test_the_twelve_figure_families_have_a_notebook():
+    assert [name[:2] for name in NOTEBOOK_NAMES] == [f"{i:02d}" for i in range(1, 13)]
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_NAMES)

@@ -122,4 +122,6 @@ def test_measured_wall_times_are_compared_for_presence_only(tmp_path):
     assert verify.compare_outputs(local, slurm)[1] == [f"{times}: only in the local run"]
     # Every other file is still compared byte for byte.
     _write(slurm, {times: "2.5 s", "results/attribution/tiny-a/summary.parquet": "y"})
-    assert verify.compare_outputs(local, slurm)[1][0].startswith("results/attribution/tiny-a/summary.parquet: DIFFERENT")
+    assert verify.compare_outputs(local, slurm)[1][0].startswith(
+        "results/attribution/tiny-a/summary.parquet: DIFFERENT"
+    )

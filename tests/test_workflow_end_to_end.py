@@ -46,6 +46,7 @@ NOTEBOOK_RULES = (
     "notebook_paper_comparison",
     "notebook_faithfulness",
     "notebook_mechanisms",
+    "notebook_attribution",
 )
 FIGURES = (
     ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"]
@@ -54,9 +55,10 @@ FIGURES = (
     + [f"movers/{m}" for m in MODELS]
     + [f"faithfulness/{m}" for m in MODELS]
     + [f"mechanisms/{m}.{kind}" for m in MODELS for kind in ("attention", "ov")]
+    + [f"attribution/{m}" for m in MODELS]
 )
 TABLES = ["baselines", "threshold_sensitivity", "intervention_accuracy", "paper_comparison", "overlap_matrix"] + [
-    f"{family}/{m}" for family in ("overlap", "movers", "faithfulness", "mechanisms") for m in MODELS
+    f"{family}/{m}" for family in ("overlap", "movers", "faithfulness", "mechanisms", "attribution") for m in MODELS
 ]
 
 
@@ -113,7 +115,7 @@ def test_every_target_is_built(smoke):
         assert "\\begin{table}" in (run / "results/tables" / f"{stem}.tex").read_text(), stem
     executed = sorted(path.name for path in (run / "results/notebooks").glob("*.ipynb"))
     n_head_grids = len(MODELS) * len(TASKS)
-    assert len(executed) == 1 + n_head_grids + 2 + 1 + 1 + 1 + 2 + 1 + 2 * len(MODELS), executed
+    assert len(executed) == 1 + n_head_grids + 2 + 1 + 1 + 1 + 2 + 1 + 3 * len(MODELS), executed
     n_pairs = len(TASKS) * (len(TASKS) - 1) // 2
     for model in MODELS:
         summary = read_parquet(run / f"results/overlap/{model}/summary.parquet")
@@ -201,6 +203,7 @@ def test_a_new_selection_threshold_reruns_only_what_depends_on_it(smoke, tmp_pat
     assert planned["assemble_circuit"] == len(MODELS) * len(TASKS)
     assert planned["overlap"] == len(MODELS) and planned["intervention"] == len(MODELS)
     assert planned["faithfulness"] == len(MODELS) * len(TASKS)
+    assert planned["compare_attribution"] == len(MODELS)
     for rule in ("notebook_head_grids", "notebook_overlap", "notebook_movers"):
         assert planned[rule] in (len(MODELS), len(MODELS) * len(TASKS)), rule  # per model, or per model and task
     untouched = {
@@ -224,7 +227,7 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     expected = {
         "cache_tokenizer", "cache_model", "check_model", "make_dataset", "evaluate_baseline", "baseline_table",
         "patch_stage", "head_detectors", "assemble_circuit", "overlap", "intervention", "faithfulness",
-        "mechanisms", *NOTEBOOK_RULES,
+        "mechanisms", "compare_attribution", *NOTEBOOK_RULES,
     }  # fmt: skip
     assert set(times["rule"]) == expected
     assert (times["seconds"] > 0).all()
