@@ -14,6 +14,11 @@ workload would take with each implementation.
     python scripts/benchmark_patching.py                      # CPU, N = 32, 4 reference senders per stage
     python scripts/benchmark_patching.py --device cuda --n-prompts 100
     python scripts/benchmark_patching.py --sender-set below_lowest   # another sender set (default: the authors')
+    python scripts/benchmark_patching.py --method eap_ig --ig-steps 5   # attribution patching beside the fast path
+
+With --method eap or eap_ig it times attribution patching (`circuit_reuse.attribution`) on every sender of each
+stage beside the fast exact path instead of the reference, and prints each one's seconds for the stage, their
+ratio, and how far the estimate is from the exact scores (largest difference, Spearman rank correlation).
 
 Needs the GPT-2 tokenizer: $CIRCUIT_REUSE_TOKENIZER (or --tokenizer); $CIRCUIT_REUSE_GPT2_CONFIGS (optional)
 lets it check the shape against the real config.
@@ -34,9 +39,11 @@ from pathlib import Path
 import torch
 
 from circuit_reuse import patching
+from circuit_reuse.attribution import DEFAULT_IG_STEPS, METHODS, attribution_patch
 from circuit_reuse.datasets import make_dataset
 from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
 from circuit_reuse.paper import PAPER_HEADS
+from circuit_reuse.statistics import spearman
 
 ARCHITECTURE = "gpt2-medium"
 MEDIUM = PAPER_HEADS["gpt2-medium"]
@@ -107,6 +114,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--sender-set", default=patching.DEFAULT_SENDER_SET, choices=list(patching.SENDER_SETS), help="default authors"
     )
+    parser.add_argument(
+        "--method",
+        default="exact",
+        choices=list(METHODS),
+        help="exact (default): the fast path against the reference; eap or eap_ig: that method against the fast path",
+    )
+    parser.add_argument("--ig-steps", type=int, default=DEFAULT_IG_STEPS, help="eap_ig's points (default 5)")
     return parser.parse_args(argv)
 
 
@@ -235,6 +249,69 @@ def run_stage(model, dataset, receivers, role: str, args) -> dict:
     }
 
 
+def run_approximation_stage(model, dataset, receivers, role: str, args) -> dict:
+    """The fast exact path and one attribution method on every sender of a stage, on the same inputs."""
+    cfg = model.cfg
+    n_senders = len(patching.sender_heads(receivers, cfg.n_layers, cfg.n_heads, args.sender_set))
+    position = None if receivers == "logits" else dataset.positions[role]
+    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.metric_tokens, receivers, position)
+    common = {
+        "batch_size": args.batch_size or len(dataset),
+        "sender_set": args.sender_set,
+        "end_positions": dataset.end,
+        "progress": False,
+        "metric": dataset.metric,
+        "metric_weights": dataset.metric_weights,
+    }
+    timed = {}
+    for name, run in (
+        ("fast", lambda: patching.path_patch(model, *inputs, sender_chunk=args.sender_chunk, **common)),
+        (
+            "approximate",
+            lambda: attribution_patch(model, *inputs, method=args.method, ig_steps=args.ig_steps, **common),
+        ),  # noqa: E501
+    ):
+        reset_peak_memory(args.device)
+        synchronize(args.device)
+        start = time.perf_counter()
+        scores = run()
+        synchronize(args.device)
+        timed[name] = (scores, time.perf_counter() - start, peak_memory_mib(args.device))
+    exact, approximate = timed["fast"][0], timed["approximate"][0]
+    defined = ~exact.isnan()
+    return {
+        "senders": n_senders,
+        "fast_total": timed["fast"][1],
+        "approximate_total": timed["approximate"][1],
+        "ratio": timed["fast"][1] / timed["approximate"][1],
+        "max_difference": (approximate[defined] - exact[defined]).abs().max().item(),
+        "max_score": exact[defined].abs().max().item(),
+        "spearman": spearman(exact[defined].tolist(), approximate[defined].tolist())[0],
+        "fast_memory": timed["fast"][2],
+        "approximate_memory": timed["approximate"][2],
+    }
+
+
+def print_approximation_table(results: dict, args, device) -> None:
+    method = args.method if args.method == "eap" else f"eap_ig ({args.ig_steps} steps)"
+    header = (
+        f"{'stage':<30}{'senders':>8}{'fast s':>10}{method + ' s':>18}{'fast/approx':>13}"
+        f"{'max |diff|':>12}{'max |score|':>12}{'Spearman':>10}{'fast MiB':>10}{'approx MiB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for stage, r in results.items():
+        print(
+            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['fast_total']:>10.2f}{r['approximate_total']:>18.2f}"
+            f"{r['ratio']:>12.2f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}{r['spearman']:>10.3f}"
+            f"{r['fast_memory']:>10.0f}{r['approximate_memory']:>12.0f}"
+        )
+    print()
+    print(f"fast s, {method} s: each method's whole run over every sender of the stage (clean and corrupted runs")
+    print("included); fast/approx > 1 where the approximation is faster. max |diff| and Spearman: the estimate")
+    print(f"against the exact scores over the stage's senders. Peak memory as below ({device}).")
+
+
 def extrapolate(per_sender_prompt: dict[str, float], sender_set: str) -> tuple[float, list[str]]:
     """Seconds for the paper's workload from the measured seconds per sender and prompt of each stage kind."""
     _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == ARCHITECTURE)
@@ -309,9 +386,13 @@ def main(argv=None) -> int:
         results = {}
         for stage in stages:
             receivers, role, _, task = STAGES[stage]
-            results[stage] = run_stage(model, datasets[task], receivers, role, args)
+            measure = run_stage if args.method == "exact" else run_approximation_stage
+            results[stage] = measure(model, datasets[task], receivers, role, args)
 
     print()
+    if args.method != "exact":
+        print_approximation_table(results, args, device)
+        return 0
     header = (
         f"{'stage':<30}{'senders':>8}{'ref s/sender':>14}{'fast s/sender':>15}{'ratio':>9}"
         f"{'max |diff|':>12}{'max |score|':>12}{'fast peak MiB':>15}{'ref peak MiB':>14}"
