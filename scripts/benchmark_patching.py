@@ -196,21 +196,26 @@ def sample_senders(senders: list[tuple[int, int]], k: int) -> list[tuple[int, in
     return [senders[round(i * step)] for i in range(k)]
 
 
-def run_stage(model, dataset, receivers, role: str, args) -> dict:
-    cfg = model.cfg
-    all_senders = patching.sender_heads(receivers, cfg.n_layers, cfg.n_heads, args.sender_set)
-    sampled = sample_senders(all_senders, args.reference_senders)
-    batch_size = args.batch_size or len(dataset)
+def stage_arguments(dataset, receivers, role: str, args) -> tuple[tuple, dict]:
+    """The positional inputs and the keyword options every implementation takes for one stage."""
     position = None if receivers == "logits" else dataset.positions[role]
     inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.metric_tokens, receivers, position)
     common = {
-        "batch_size": batch_size,
+        "batch_size": args.batch_size or len(dataset),
         "sender_set": args.sender_set,
         "end_positions": dataset.end,
         "progress": False,
         "metric": dataset.metric,
         "metric_weights": dataset.metric_weights,
     }
+    return inputs, common
+
+
+def run_stage(model, dataset, receivers, role: str, args) -> dict:
+    cfg = model.cfg
+    all_senders = patching.sender_heads(receivers, cfg.n_layers, cfg.n_heads, args.sender_set)
+    sampled = sample_senders(all_senders, args.reference_senders)
+    inputs, common = stage_arguments(dataset, receivers, role, args)
 
     reset_peak_memory(args.device)
     synchronize(args.device)
@@ -253,16 +258,7 @@ def run_approximation_stage(model, dataset, receivers, role: str, args) -> dict:
     """The fast exact path and one attribution method on every sender of a stage, on the same inputs."""
     cfg = model.cfg
     n_senders = len(patching.sender_heads(receivers, cfg.n_layers, cfg.n_heads, args.sender_set))
-    position = None if receivers == "logits" else dataset.positions[role]
-    inputs = (dataset.clean_tokens, dataset.corrupted_tokens, dataset.metric_tokens, receivers, position)
-    common = {
-        "batch_size": args.batch_size or len(dataset),
-        "sender_set": args.sender_set,
-        "end_positions": dataset.end,
-        "progress": False,
-        "metric": dataset.metric,
-        "metric_weights": dataset.metric_weights,
-    }
+    inputs, common = stage_arguments(dataset, receivers, role, args)
     timed = {}
     for name, run in (
         ("fast", lambda: patching.path_patch(model, *inputs, sender_chunk=args.sender_chunk, **common)),

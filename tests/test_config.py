@@ -154,3 +154,22 @@ def test_stage_components_are_checked(paper_config):
         "stages": {"ioi": [{"name": "movers", "receivers": {"stage": "x", "components": ["o"]}}]}
     }
     assert "discovery.stages.ioi.0.receivers" in _error(paper_config)
+
+
+def test_discovery_method_is_exact_by_default_and_checked(paper_config):
+    config = validate_config(paper_config)
+    assert (config["discovery"]["method"], config["discovery"]["ig_steps"]) == ("exact", 5)
+    assert config["attribution"]["methods"] == ["exact", "eap", "eap_ig"]
+    paper_config["discovery"] = {"method": "acdc", "ig_steps": 0}
+    message = _error(paper_config)
+    assert "discovery.method" in message and "eap_ig" in message
+    assert "discovery.ig_steps" in message
+    paper_config["discovery"] = {
+        "stages": {"ioi": [{"name": "movers", "receivers": "logits", "method": "eap_ig", "ig_steps": 20}]}
+    }
+    assert validate_config(paper_config)["discovery"]["stages"]["ioi"][0]["method"] == "eap_ig"
+    paper_config["discovery"]["stages"]["ioi"][0]["method"] = "ig"
+    assert "discovery.stages.ioi.0.method" in _error(paper_config)
+    paper_config["discovery"] = {}
+    paper_config["attribution"] = {"methods": ["exact", "sampling"]}
+    assert "attribution.methods.1" in _error(paper_config)
