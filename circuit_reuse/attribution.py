@@ -47,7 +47,6 @@ from circuit_reuse.patching import (
     Sender,
     _check_scoring,
     _progress,
-    _run_storing,
     job_metric,
     path_patch,
     prepare_job,
@@ -156,13 +155,11 @@ def _batch_estimates(model, job: PatchJob, alphas: Sequence[float]):
     wanted = [(head_output(layer), head_output(layer), lambda z: z[rows, p].detach().clone()) for layer in layers]
     wanted.append((residual_pre(0), residual_pre(0), lambda x: x.detach().clone()))
     with torch.no_grad():
-        corrupt_logits, corrupt = _run_storing(model, job.corrupted, wanted)
-        ld_corrupt = job_metric(job, corrupt_logits[rows, job.end])
-        del corrupt_logits
+        corrupt: dict[str, torch.Tensor] = {}
+        ld_corrupt = job_metric(job, _end_logits(model, job, rows, job.corrupted, _keepers(wanted, corrupt)))
         if alphas != [0.0]:  # EAP's gradient pass is the clean run itself
-            clean_logits, clean = _run_storing(model, job.clean, wanted)
-            ld_clean = job_metric(job, clean_logits[rows, job.end])
-            del clean_logits
+            clean: dict[str, torch.Tensor] = {}
+            ld_clean = job_metric(job, _end_logits(model, job, rows, job.clean, _keepers(wanted, clean)))
     gradient = {}
     for alpha in alphas:
         start = [(residual_pre(0), _shift(corrupt[residual_pre(0)], alpha))] if alpha else []
@@ -180,6 +177,41 @@ def _batch_estimates(model, job: PatchJob, alphas: Sequence[float]):
         ]
     )
     return ld_clean, ld_corrupt, estimate
+
+
+class _FinalResidualReached(Exception):
+    """Ends a forward pass once the final residual stream at END is read."""
+
+
+def _end_logits(model, job: PatchJob, rows, tokens: torch.Tensor, hooks) -> torch.Tensor:
+    """The logits at each prompt's END [batch, d_vocab] of a run with `hooks`.
+
+    The metric reads END alone, so the run stops at the final residual stream and only END goes through the
+    final norm and the unembedding (the bridge's `ln_final` and `unembed`): a small model's unembedding at every
+    position would cost more than the rest of it. The hooks at the final residual stream run first."""
+    kept = {}
+
+    def finish(resid, hook):
+        kept["end"] = resid[rows, job.end]
+        raise _FinalResidualReached
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*hooks, (FINAL_RESIDUAL, finish)])
+    except _FinalResidualReached:
+        pass
+    return model.unembed(model.ln_final(kept["end"][:, None]))[:, 0]
+
+
+def _keepers(wanted, into: dict) -> list:
+    """Hooks storing `take(activation)` under `key` in `into`, for (hook name, key, take) triples."""
+
+    def keep(key, take):
+        def hook(activation, hook):
+            into[key] = take(activation)
+
+        return hook
+
+    return [(name, keep(key, take)) for name, key, take in wanted]
 
 
 def _shift(corrupted: torch.Tensor, alpha: float):
@@ -209,7 +241,7 @@ def _at_receivers(activation: torch.Tensor, rows, p, heads: list[int]) -> torch.
 
 def _metric_gradient(model, job: PatchJob, rows, start, wanted):
     """dm/dx at p for every receiver site, per prompt (each prompt's metric depends on its own row only); the
-    run's metric per prompt; and what `wanted` asks to store from it (`patching._run_storing`'s triples)."""
+    run's metric per prompt; and what `wanted` asks to store from it ((hook name, key, take) triples)."""
     probes: dict[str, torch.Tensor] = {}
     stored: dict[str, torch.Tensor] = {}
 
@@ -235,16 +267,9 @@ def _metric_gradient(model, job: PatchJob, rows, start, wanted):
 
         return hook
 
-    def keep(key, take):
-        def hook(activation, hook):
-            stored[key] = take(activation)
-
-        return hook
-
-    hooks = start + [(name, keep(key, take)) for name, key, take in wanted] + [(name, probe(name)) for name in sites]
+    hooks = start + _keepers(wanted, stored) + [(name, probe(name)) for name in sites]
     with torch.enable_grad():
-        logits = model.run_with_hooks(job.clean, fwd_hooks=hooks)
-        metric = job_metric(job, logits[rows, job.end])
+        metric = job_metric(job, _end_logits(model, job, rows, job.clean, hooks))
         names = list(sites)
         grads = torch.autograd.grad(metric.sum(), [probes[name] for name in names], allow_unused=True)
     receiver_gradients = {
@@ -286,7 +311,10 @@ def _frozen_path_gradient(model, job: PatchJob, rows, start, receiver_gradients)
         hooks += [(mlp_output(layer), cut_mlp) for layer in range(job.n_layers)]
     hooks += [(name, read(name)) for name in sites]
     with torch.enable_grad():
-        model.run_with_hooks(job.clean, fwd_hooks=hooks, stop_at_layer=_stop_layer(job))
+        if job.to_logits:
+            _end_logits(model, job, rows, job.clean, hooks)
+        else:  # the blocks up to the highest receiver's are all it needs
+            model.run_with_hooks(job.clean, fwd_hooks=hooks, stop_at_layer=max(r[0] for r in job.receivers) + 1)
         layers = sorted(probes)
         total = torch.stack(readings).sum()
         if not total.requires_grad:  # every receiver sits in layer 0, or reads its layer before any head writes
@@ -296,8 +324,3 @@ def _frozen_path_gradient(model, job: PatchJob, rows, start, receiver_gradients)
         layer: (torch.zeros_like(probes[layer]) if grad is None else grad).detach()
         for layer, grad in zip(layers, grads, strict=True)
     }
-
-
-def _stop_layer(job: PatchJob) -> int | None:
-    """The frozen-path pass needs the blocks up to the highest receiver's only (all of them for the logits)."""
-    return None if job.to_logits else max(layer for layer, _, _ in job.receivers) + 1
