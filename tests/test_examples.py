@@ -64,3 +64,14 @@ def test_the_readme_figures_are_copied_flat(tmp_path):
     copied = copy_readme_figures(figures, tmp_path / "readme", "m", "ioi")
     assert copied == ["baselines.png", "training_curves.png", "head_grids.m.ioi.png", "overlap.m.png"]
     assert sorted(p.name for p in (tmp_path / "readme").iterdir()) == sorted(copied)
+
+
+def test_measured_wall_times_are_examples_whose_values_are_not_compared(run, tmp_path):
+    times = pd.DataFrame({"stage": ["movers"], "method": ["eap"], "wall_s": [1.5]})
+    write_parquet(run / "attribution/m/times.parquet", times)
+    copy_examples(run, tmp_path / "examples")
+    assert (tmp_path / "examples/attribution/m/times.parquet").is_file()
+    write_parquet(run / "attribution/m/times.parquet", times.assign(wall_s=2.5))
+    assert example_drift(tmp_path / "examples", run) == []
+    (run / "attribution/m/times.parquet").unlink()
+    assert example_drift(tmp_path / "examples", run) == ["attribution/m/times.parquet: only in the committed examples"]
