@@ -291,14 +291,14 @@ def run_approximation_stage(model, dataset, receivers, role: str, args) -> dict:
 def print_approximation_table(results: dict, args, device) -> None:
     method = args.method if args.method == "eap" else f"eap_ig ({args.ig_steps} steps)"
     header = (
-        f"{'stage':<30}{'senders':>8}{'fast s':>10}{method + ' s':>18}{'fast/approx':>13}"
+        f"{'stage':<30}{'senders':>8}{'fast s':>10}{method + ' s':>24}{'fast/approx':>13}"
         f"{'max |diff|':>12}{'max |score|':>12}{'Spearman':>10}{'fast MiB':>10}{'approx MiB':>12}"
     )
     print(header)
     print("-" * len(header))
     for stage, r in results.items():
         print(
-            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['fast_total']:>10.2f}{r['approximate_total']:>18.2f}"
+            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['fast_total']:>10.2f}{r['approximate_total']:>24.2f}"
             f"{r['ratio']:>12.2f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}{r['spearman']:>10.3f}"
             f"{r['fast_memory']:>10.0f}{r['approximate_memory']:>12.0f}"
         )
