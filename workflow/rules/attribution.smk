@@ -1,26 +1,7 @@
 # Stage: attribution patching against exact path patching. One job per model scores every stage of every task
 # by each method of `attribution.methods` on the receivers the workflow's own selection gave it (a stage's own
 # method is read from its scores, not recomputed) and compares each approximation with the exact scores.
-# Runs when the methods include exact and at least one approximation.
-
-COMPARED_METHODS = list(config["attribution"]["methods"])
-ATTRIBUTION_RUNS = "exact" in COMPARED_METHODS and len(COMPARED_METHODS) >= 2
-if not ATTRIBUTION_RUNS:
-    print(
-        f"note: attribution.methods {COMPARED_METHODS} holds no exact method and an approximation to compare, so "
-        "no attribution comparison is built",
-        file=sys.stderr,
-    )
-
-
-def attribution_inputs(wildcards):
-    """The model; each task's dataset, stage grids and stage timings as `dataset_{task}`, `grids_{task}`, `timings_{task}`."""
-    inputs = {"model": model_manifest(wildcards.model)}
-    for task in TASKS:
-        inputs[f"dataset_{task}"] = dataset_path(task)
-        inputs[f"grids_{task}"] = task_grids(wildcards.model, task)
-        inputs[f"timings_{task}"] = [scoring_time_path(wildcards.model, task, spec.name) for spec in STAGES[task]]
-    return inputs
+# Runs when the methods include exact and at least one approximation (ATTRIBUTION_RUNS, in common.smk).
 
 
 rule compare_attribution:

@@ -167,6 +167,28 @@ def overlap_inputs(wildcards):
     return inputs
 
 
+# Attribution patching against the exact scores: runs when the compared methods hold exact and an approximation.
+
+COMPARED_METHODS = list(config["attribution"]["methods"])
+ATTRIBUTION_RUNS = "exact" in COMPARED_METHODS and len(COMPARED_METHODS) >= 2
+if not ATTRIBUTION_RUNS:
+    print(
+        f"note: attribution.methods {COMPARED_METHODS} holds no exact method and an approximation to compare, so "
+        "no attribution comparison is built",
+        file=sys.stderr,
+    )
+
+
+def attribution_inputs(wildcards):
+    """The model; each task's dataset, stage grids and stage timings as `dataset_{task}`, `grids_{task}`, `timings_{task}`."""
+    inputs = {"model": model_manifest(wildcards.model)}
+    for task in TASKS:
+        inputs[f"dataset_{task}"] = dataset_path(task)
+        inputs[f"grids_{task}"] = task_grids(wildcards.model, task)
+        inputs[f"timings_{task}"] = [scoring_time_path(wildcards.model, task, spec.name) for spec in STAGES[task]]
+    return inputs
+
+
 def model_check_path(model):
     """What a compute job saw when it loaded the cached model: device, shape, a short forward pass."""
     return f"results/model_checks/{model}.json"
