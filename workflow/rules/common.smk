@@ -173,7 +173,7 @@ COMPARED_METHODS = list(config["attribution"]["methods"])
 ATTRIBUTION_RUNS = "exact" in COMPARED_METHODS and len(COMPARED_METHODS) >= 2
 if not ATTRIBUTION_RUNS:
     print(
-        f"note: attribution.methods {COMPARED_METHODS} holds no exact method and an approximation to compare, so "
+        f"note: attribution.methods {COMPARED_METHODS} does not hold both exact and an approximation, so "
         "no attribution comparison is built",
         file=sys.stderr,
     )
