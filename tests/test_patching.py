@@ -345,11 +345,14 @@ def test_scores_do_not_depend_on_batch_size_or_chunking(sharp_model, case):
         return path_patch(model, clean, corrupted, answers, receivers, position, **scoring, **options)
 
     whole = fast(batch_size=len(lengths))
+    # float32 rounding grows with the scores, which reach 2.7 here: batches of one prompt moved them by up to
+    # 1.1e-5 on one processor (AMD EPYC). The bound is 1e-5 times the largest score, and at least 1e-5.
+    rounding = 1e-5 * max(1.0, whole[~whole.isnan()].abs().max().item())
     # Batches of uneven size, one sender per pass, and both at once.
     for options in ({"batch_size": 3}, {"batch_size": 1}, {"sender_chunk": 1}, {"batch_size": 2, "sender_chunk": 3}):
         other = fast(**options)
         assert torch.equal(other.isnan(), whole.isnan())
-        assert torch.allclose(other, whole, rtol=0, atol=1e-5, equal_nan=True), options
+        assert torch.allclose(other, whole, rtol=0, atol=rounding, equal_nan=True), options
     # The reference in other uneven batches too, on a few of the authors' senders (it is slow): the same scores.
     eligible = sender_heads(receivers, 3, 4)
     chosen = [sender for sender in [(0, 1), (0, 3), (1, 2), (2, 1)] if sender in eligible]
