@@ -153,10 +153,11 @@ def _batch_estimates(model, job: PatchJob, alphas: Sequence[float]):
     p = job.position
     layers = range(job.n_layers)
     wanted = [(head_output(layer), head_output(layer), lambda z: z[rows, p].detach().clone()) for layer in layers]
-    wanted.append((residual_pre(0), residual_pre(0), lambda x: x.detach().clone()))
+    # EAP-IG's line ends at the corrupted input, the one activation it needs beyond the heads' outputs at p.
+    line_end = [(residual_pre(0), residual_pre(0), lambda x: x.detach().clone())] if alphas != [0.0] else []
     with torch.no_grad():
         corrupt: dict[str, torch.Tensor] = {}
-        ld_corrupt = job_metric(job, _end_logits(model, job, rows, job.corrupted, _keepers(wanted, corrupt)))
+        ld_corrupt = job_metric(job, _end_logits(model, job, rows, job.corrupted, _keepers(wanted + line_end, corrupt)))
         if alphas != [0.0]:  # EAP's gradient pass is the clean run itself
             clean: dict[str, torch.Tensor] = {}
             ld_clean = job_metric(job, _end_logits(model, job, rows, job.clean, _keepers(wanted, clean)))
