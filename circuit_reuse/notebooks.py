@@ -7,6 +7,7 @@ same way they do for every other rule.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,3 +56,10 @@ def run_notebook(
         kernel_manager_class=EncryptedKernelManager,
     )
     return executed
+
+
+def cell_seconds(executed: str | os.PathLike) -> float:
+    """The seconds an executed notebook's cells took, by the durations papermill recorded for each; what a
+    notebook job takes beyond them is the kernel's start, its shutdown and papermill's own work."""
+    cells = json.loads(Path(executed).read_text())["cells"]
+    return sum(cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0 for cell in cells)

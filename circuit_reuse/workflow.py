@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -107,49 +109,141 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
             sys.stdout, sys.stderr = out, err
 
 
-@contextlib.contextmanager
-def workflow_job(job) -> Iterator[None]:
-    """What every workflow job runs in: its log; its inputs checked against the sha256 their jobs recorded
-    (`circuit_reuse.integrity`); its outputs' sha256 recorded once it succeeds.
+# The phases a job's wall time is split into besides its compute (`JobClock`), in the order they happen.
+STARTUP_PHASES = ("start-up", "input checks", "model load", "notebook kernel", "output digests")
 
-    `job` is the `snakemake` object Snakemake injects into a script.
+
+def seconds_since_process_start() -> float:
+    """How long ago this process started.
+
+    On Linux from /proc (the process's start and the time since boot, both to the 10 ms clock tick);
+    elsewhere from psutil's start time, whose boot-time reference is whole seconds.
     """
-    with job_logging(job.log[0]):
-        verify_digests(job.input, current_run().get("produced", []))
-        yield
-        record_digests(job.output)
+    try:
+        # Field 22 of /proc/self/stat (the 20th after the parenthesised command name) is the start time.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except OSError:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+
+
+class JobClock:
+    """Where one job's wall time goes, from its process's start to its end.
+
+    `start-up` runs from the process's start to the job's body: the interpreter, the imports and the
+    preamble by which Snakemake hands a script its job. The body times its other non-compute phases
+    (`STARTUP_PHASES`) with `phase`; whatever remains of the process's time is compute.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter() - seconds_since_process_start()
+        self.seconds: dict[str, float] = {"start-up": time.perf_counter() - self.started}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time the block takes as phase `name`."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - begin)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` measured elsewhere (say, by a notebook kernel's own clock) as phase `name`."""
+        if name not in STARTUP_PHASES:
+            raise ValueError(f"unknown job phase {name!r}; phases: {', '.join(STARTUP_PHASES)}")
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def split(self) -> dict[str, float]:
+        """Seconds per phase, the compute and the process's whole time so far; and the peak of GPU memory
+        the job's tensors held (`gpu_peak_mb`) when it used a GPU."""
+        process = time.perf_counter() - self.started
+        phases = {name: self.seconds.get(name, 0.0) for name in STARTUP_PHASES}
+        split = {**phases, "compute": max(0.0, process - sum(phases.values())), "process": process}
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            split["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return split
+
+
+def phases_path(log_path: str | Path) -> Path:
+    """Where a job writes its `JobClock` split: beside its benchmark file, as logs/X.log -> benchmarks/X.phases.json."""
+    log_path = Path(log_path)
+    parts = log_path.parts
+    if "logs" not in parts:
+        raise ValueError(f"job log {log_path} is not under a logs/ directory, so its phases have no place")
+    index = len(parts) - 1 - parts[::-1].index("logs")
+    return Path(*parts[:index], "benchmarks", *parts[index + 1 :]).with_suffix(".phases.json")
 
 
 @contextlib.contextmanager
-def model_job(job) -> Iterator[None]:
+def workflow_job(job) -> Iterator[JobClock]:
+    """What every workflow job runs in: its log; its inputs checked against the sha256 their jobs recorded
+    (`circuit_reuse.integrity`); its outputs' sha256 recorded once it succeeds; its `JobClock`, whose split
+    it writes beside its benchmark file and prints as its log's last line.
+
+    `job` is the `snakemake` object Snakemake injects into a script; the clock is yielded so the body can
+    time its own model load.
+    """
+    clock = JobClock()
+    with job_logging(job.log[0]):
+        with clock.phase("input checks"):
+            verify_digests(job.input, current_run().get("produced", []))
+        yield clock
+        with clock.phase("output digests"):
+            record_digests(job.output)
+        split = clock.split()
+        path = phases_path(job.log[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({name: round(value, 4) for name, value in split.items()}, indent=1) + "\n")
+        print("job time: " + ", ".join(f"{name} {value:.2f} s" for name, value in split.items() if value))
+
+
+@contextlib.contextmanager
+def model_job(job) -> Iterator[JobClock]:
     """What every job that runs a model starts with: the Hub offline, the rule's threads, `workflow_job`."""
     import torch
 
     hub_offline()
     torch.set_num_threads(max(1, int(job.threads)))
-    with workflow_job(job):
-        yield
+    with workflow_job(job) as clock:
+        yield clock
 
 
 def job_times(run_dir: str | Path) -> pd.DataFrame:
-    """Wall time and peak memory of every job of a run, from the `benchmarks/` files its rules write.
+    """Wall time and peak memory of every job of a run, from the `benchmarks/` files its rules write, and
+    where each job's time went by its `JobClock` split (`phases_path`).
 
     One row per job: rule, job (the benchmark file's path under the rule, i.e. its wildcards), seconds and
-    max_rss_mb, slowest first.
+    max_rss_mb; then one column per phase of `STARTUP_PHASES`, compute, process, gpu_peak_mb, snakemake
+    and `startup` (the phases' and snakemake's sum), NaN for a job that wrote no split (or used no GPU);
+    slowest first. Snakemake's own work for a job (before its process
+    starts and after it ends) is what `seconds` holds beyond the split's `process`.
     """
     root = Path(run_dir) / "benchmarks"
     rows = []
     for path in sorted(root.rglob("*.tsv")):
         relative = path.relative_to(root).with_suffix("")
         record = pd.read_csv(path, sep="\t").iloc[-1]
+        phases = path.with_suffix(".phases.json")
+        split = json.loads(phases.read_text()) if phases.is_file() else {}
         rows.append(
             {
                 "rule": relative.parts[0],
                 "job": "/".join(relative.parts[1:]) or "-",
                 "seconds": float(record["s"]),
                 "max_rss_mb": pd.to_numeric(record.get("max_rss"), errors="coerce"),
+                **{name: split.get(name, float("nan")) for name in (*STARTUP_PHASES, "compute", "process")},
+                "gpu_peak_mb": split.get("gpu_peak_mb", float("nan")),
             }
         )
     if not rows:
         raise FileNotFoundError(f"no benchmark files under {root}: has the workflow run there?")
-    return pd.DataFrame(rows).sort_values("seconds", ascending=False, ignore_index=True)
+    times = pd.DataFrame(rows)
+    # Snakemake's share of a job (its own bookkeeping and the script's launch) counts as start-up too.
+    times["snakemake"] = (times["seconds"] - times["process"]).clip(lower=0)
+    times["startup"] = times[[*STARTUP_PHASES, "snakemake"]].sum(axis=1, min_count=1)
+    return times.sort_values("seconds", ascending=False, ignore_index=True)

@@ -10,13 +10,14 @@ from circuit_reuse.models import load_model
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     specs = [StageSpec(**{**s, "components": tuple(s["components"])}) for s in job.params.stages]
     grids = {spec.name: grid_from_table(read_parquet(path)) for spec, path in zip(specs, job.input.grids, strict=True)}
     dataset = load_dataset(job.input.dataset)
     if job.params.n_prompts:
         dataset = dataset.subset(slice(0, job.params.n_prompts))
-    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=job.params.device)
     circuit = assemble_circuit(
         job.wildcards.model, model, dataset, specs, grids, job.params.selection, read_parquet(job.input.detectors)
     )

@@ -16,11 +16,12 @@ from circuit_reuse.workflow import model_job
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
-with model_job(snakemake):  # noqa: F821 (snakemake injects this object)
+with model_job(snakemake) as clock:  # noqa: F821 (snakemake injects this object)
     model_dir = Path(snakemake.input.manifest).parent  # noqa: F821
     manifest = verify_cache(model_dir)
     device = resolve_device(snakemake.params.device)  # noqa: F821
-    model = load_model(model_dir, device=str(device))
+    with clock.phase("model load"):
+        model = load_model(model_dir, device=str(device))
     tokens = model.tokenizer(PROMPT, return_tensors="pt").input_ids.to(device)
     with torch.no_grad():
         logits = model(tokens)

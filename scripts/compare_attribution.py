@@ -13,9 +13,10 @@ from circuit_reuse.models import load_model, model_device
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     settings = job.params
-    model = load_model(Path(job.input.model).parent, device=settings.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=settings.device)
     device = str(model_device(model))
     scores, summaries, times = [], [], []
     for task in settings.tasks:

@@ -8,11 +8,12 @@ from circuit_reuse.io import write_parquet
 from circuit_reuse.models import load_model
 from circuit_reuse.workflow import model_job
 
-with model_job(snakemake):  # noqa: F821 (snakemake injects this object)
+with model_job(snakemake) as clock:  # noqa: F821 (snakemake injects this object)
     model_name, task = snakemake.wildcards.model, snakemake.wildcards.task  # noqa: F821
     settings = snakemake.params.evaluation  # noqa: F821
     dataset = load_dataset(snakemake.input.dataset)  # noqa: F821
-    model = load_model(Path(snakemake.input.model).parent, device=snakemake.params.device)  # noqa: F821
+    with clock.phase("model load"):
+        model = load_model(Path(snakemake.input.model).parent, device=snakemake.params.device)  # noqa: F821
     per_prompt = evaluate(model, dataset, batch_size=settings["batch_size"])
     per_prompt.insert(0, "model", model_name)
     summary = summarize(

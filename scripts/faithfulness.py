@@ -12,11 +12,12 @@ from circuit_reuse.tasks import get_task
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     section = job.params.faithfulness
     task = job.wildcards.task
     settings = FaithfulnessSettings.from_config(section)
-    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=job.params.device)
     dataset = load_dataset(job.input.dataset)
     corruption = (
         section["reference_corruption"].get(task)

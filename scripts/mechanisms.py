@@ -9,9 +9,10 @@ from circuit_reuse.models import load_model
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     tasks, target, section = job.params.tasks, job.params.target, job.params.intervention
-    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=job.params.device)
     datasets = {task: load_dataset(path) for task, path in zip(tasks, job.input.datasets, strict=True)}
     circuits = {task: read_json(path) for task, path in zip(tasks, job.input.circuits, strict=True)}
     heads = {task: circuit_read_heads(circuit) for task, circuit in circuits.items()}

@@ -23,12 +23,13 @@ from circuit_reuse.models import load_model, model_device
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     spec = StageSpec(**{**job.params.stage, "components": tuple(job.params.stage["components"])})
     dataset = load_dataset(job.input.dataset)
     if job.params.n_prompts:
         dataset = dataset.subset(slice(0, job.params.n_prompts))
-    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=job.params.device)
     earlier = (
         []
         if spec.kind == "logits"

@@ -9,10 +9,11 @@ from circuit_reuse.models import load_model
 from circuit_reuse.workflow import model_job
 
 job = snakemake  # noqa: F821 (snakemake injects this object)
-with model_job(job):
+with model_job(job) as clock:
     section = job.params.intervention
     settings = InterventionSettings.from_config(section)
-    model = load_model(Path(job.input.model).parent, device=job.params.device)
+    with clock.phase("model load"):
+        model = load_model(Path(job.input.model).parent, device=job.params.device)
     dataset = load_dataset(job.input.dataset)
     circuits = {task: read_json(path) for task, path in zip(job.params.circuit_tasks, job.input.circuits, strict=True)}
     sets = resolve_head_sets(

@@ -28,6 +28,16 @@ def test_paper_config_runs_gpt2_small_and_medium_on_the_paper_tasks_and_the_cont
     assert config["tasks"]["colored_objects"]["source"] == "paper"
 
 
+def test_paper_shapes_config_is_the_paper_config_with_random_stand_ins_of_its_models(paper_config):
+    shapes = yaml.safe_load((REPO / "workflow" / "configs" / "paper_shapes.yaml").read_text())
+    assert {key: value for key, value in shapes.items() if key != "models"} == {
+        key: value for key, value in paper_config.items() if key != "models"
+    }
+    assert list(shapes["models"]) == list(paper_config["models"])
+    for name, model in shapes["models"].items():
+        assert model["source"] == "random" and model["architecture"] == paper_config["models"][name]["hub_id"]
+
+
 def test_defaults_are_filled_in(paper_config):
     del paper_config["device"]
     del paper_config["models"]["gpt2-small"]["revision"]

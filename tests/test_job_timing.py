@@ -1,0 +1,129 @@
+"""Where a job's time goes (`JobClock`, its phases file, `job_times`) and a run's critical path."""
+
+import json
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from circuit_reuse.critical_path import critical_path, parse_dag
+from circuit_reuse.workflow import (
+    STARTUP_PHASES,
+    JobClock,
+    job_times,
+    phases_path,
+    seconds_since_process_start,
+    workflow_job,
+)
+
+# A job as Snakemake runs one: a fresh interpreter, an import, then the body inside workflow_job.
+SLEEPING_JOB = """
+import time
+from types import SimpleNamespace
+from circuit_reuse.workflow import workflow_job
+
+job = SimpleNamespace(input=[], output=[], log=[{log!r}])
+with workflow_job(job) as clock:
+    with clock.phase("model load"):
+        time.sleep(0.3)
+    time.sleep(0.2)
+"""
+
+
+def test_a_job_writes_its_split_beside_its_benchmark_and_the_phases_add_up(tmp_path):
+    log = tmp_path / "logs" / "rule" / "a.b.log"
+    begin = time.perf_counter()
+    subprocess.run([sys.executable, "-c", SLEEPING_JOB.format(log=str(log))], check=True, cwd=tmp_path)
+    outside = time.perf_counter() - begin
+    split = json.loads((tmp_path / "benchmarks" / "rule" / "a.b.phases.json").read_text())
+    assert set(split) == {*STARTUP_PHASES, "compute", "process"}
+    assert split["model load"] == pytest.approx(0.3, abs=0.1)
+    assert split["compute"] == pytest.approx(0.2, abs=0.1)
+    assert split["start-up"] > 0  # the interpreter and the import before the body
+    assert sum(split[name] for name in (*STARTUP_PHASES, "compute")) == pytest.approx(split["process"], abs=1e-3)
+    assert split["process"] <= outside
+    assert log.read_text().splitlines()[-1].startswith("job time: start-up ")
+
+
+def test_the_clock_counts_from_the_process_start_and_names_unknown_phases():
+    assert 0 < seconds_since_process_start() < time.perf_counter() + 60
+    clock = JobClock()
+    clock.add("notebook kernel", 1.5)
+    clock.add("notebook kernel", 0.5)
+    assert clock.split()["notebook kernel"] == 2.0
+    with pytest.raises(ValueError, match="unknown job phase 'imports'; phases: start-up"):
+        clock.add("imports", 1.0)
+
+
+def test_phases_path_mirrors_the_log_under_benchmarks():
+    assert phases_path("logs/patch_stage/m/t/s.log").as_posix() == "benchmarks/patch_stage/m/t/s.phases.json"
+    assert phases_path("/run/logs/x/qwen2.5-0.5b.log").as_posix() == "/run/benchmarks/x/qwen2.5-0.5b.phases.json"
+    with pytest.raises(ValueError, match="not under a logs/ directory"):
+        phases_path("elsewhere/job.log")
+
+
+def _benchmark(root, relative, seconds, split=None):
+    path = root / "benchmarks" / f"{relative}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\tmax_rss\n{seconds}\t100\n")
+    if split is not None:
+        path.with_suffix(".phases.json").write_text(json.dumps(split))
+
+
+def test_job_times_joins_each_split_and_counts_snakemakes_share_as_start_up(tmp_path):
+    split = {"start-up": 1.0, "input checks": 0.5, "model load": 2.0, "notebook kernel": 0.0, "output digests": 0.0}
+    split.update(compute=3.0, process=6.5)
+    _benchmark(tmp_path, "patch_stage/m/t/s", 7.0, split)
+    _benchmark(tmp_path, "all_done", 1.0)  # a job that wrote no split
+    times = job_times(tmp_path).set_index("rule")
+    row = times.loc["patch_stage"]
+    assert row["snakemake"] == pytest.approx(0.5)
+    assert row["startup"] == pytest.approx(1.0 + 0.5 + 2.0 + 0.5)
+    assert row["compute"] == 3.0 and row["notebook kernel"] == 0.0
+    assert pd.isna(times.loc["all_done", "startup"]) and pd.isna(times.loc["all_done", "gpu_peak_mb"])
+
+
+DAG = """digraph snakemake_dag {
+	0[label = "all", color = "0.00 0.6 0.85", style="rounded"];
+	1[label = "make_dataset\\ntask: ioi", color = "0.27 0.6 0.85", style="rounded"];
+	2[label = "cache_model\\nmodel: m", color = "0.07 0.6 0.85", style="rounded"];
+	3[label = "patch_stage\\nmodel: m\\ntask: ioi\\nstage: movers", color = "0.1 0.6 0.85", style="rounded"];
+	4[label = "faithfulness\\nmodel: m\\ntask: ioi", color = "0.1 0.6 0.85", style="rounded"];
+	1 -> 3
+	2 -> 3
+	3 -> 4
+	1 -> 4
+	4 -> 0
+	2 -> 0
+}
+"""
+
+
+def test_the_critical_path_is_the_longest_chain_by_measured_time():
+    graph = parse_dag(DAG)
+    assert graph.jobs[3] == ("patch_stage", ("m", "ioi", "movers"))
+    assert graph.needs[3] == {1, 2}
+    times = pd.DataFrame(
+        [
+            {"rule": "make_dataset", "job": "ioi", "seconds": 2.0},
+            {"rule": "cache_model", "job": "m", "seconds": 5.0},
+            {"rule": "patch_stage", "job": "m/ioi/movers", "seconds": 4.0},
+            {"rule": "faithfulness", "job": "m.ioi", "seconds": 1.0},  # its benchmark joins by '.'
+        ]
+    )
+    chain = critical_path(graph, times)
+    assert list(chain["rule"]) == ["cache_model", "patch_stage", "faithfulness"]  # `all` has no benchmark
+    assert list(chain["finished_s"]) == [5.0, 9.0, 10.0]
+    with pytest.raises(ValueError, match="no jobs in the graph"):
+        parse_dag("digraph {}")
+
+
+def test_a_job_clock_inside_a_fake_job_records_nothing_for_phases_it_never_entered(tmp_path):
+    job = SimpleNamespace(input=[], output=[], log=[str(tmp_path / "logs" / "j.log")])
+    with workflow_job(job):
+        pass
+    split = json.loads((tmp_path / "benchmarks" / "j.phases.json").read_text())
+    assert split["model load"] == 0.0 and split["notebook kernel"] == 0.0
