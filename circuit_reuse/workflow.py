@@ -247,3 +247,12 @@ def job_times(run_dir: str | Path) -> pd.DataFrame:
     times["snakemake"] = (times["seconds"] - times["process"]).clip(lower=0)
     times["startup"] = times[[*STARTUP_PHASES, "snakemake"]].sum(axis=1, min_count=1)
     return times.sort_values("seconds", ascending=False, ignore_index=True)
+
+
+def rule_times(times: pd.DataFrame) -> pd.DataFrame:
+    """`job_times`' table summed per rule: jobs, seconds and each phase of the split (start-up, compute...),
+    the largest max_rss_mb and gpu_peak_mb; slowest rule first."""
+    columns = {"jobs": ("job", "count"), "seconds": ("seconds", "sum")}
+    columns.update({name: (name, "sum") for name in (*STARTUP_PHASES, "snakemake", "startup", "compute")})
+    columns.update(max_rss_mb=("max_rss_mb", "max"), gpu_peak_mb=("gpu_peak_mb", "max"))
+    return times.groupby("rule").agg(**columns).sort_values("seconds", ascending=False).reset_index()

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from circuit_reuse.critical_path import critical_path, parse_dag
-from circuit_reuse.workflow import STARTUP_PHASES, job_times
+from circuit_reuse.workflow import STARTUP_PHASES, job_times, rule_times
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -56,22 +56,11 @@ def prepare(configfile: Path, run_dir: Path, n_prompts: int | None, fresh: bool)
     return prepared
 
 
-def rule_table(times: pd.DataFrame) -> pd.DataFrame:
-    """Jobs and seconds per rule, split by phase, slowest rule first."""
-    columns = {"jobs": ("job", "count"), "seconds": ("seconds", "sum")}
-    columns.update({name: (name, "sum") for name in PHASE_COLUMNS})
-    columns["max_rss_mb"] = ("max_rss_mb", "max")
-    if "gpu_peak_mb" in times:
-        columns["gpu_peak_mb"] = ("gpu_peak_mb", "max")
-    table = times.groupby("rule").agg(**columns).sort_values("seconds", ascending=False)
-    return table.reset_index()
-
-
 def summarize(run_dir: Path, configfile: Path, wall_s: float | None, cores: str) -> dict:
     times = job_times(run_dir)
     dot = _snakemake(run_dir, configfile, "--dag", "--forceall", capture_output=True, text=True).stdout
     chain = critical_path(parse_dag(dot), times)
-    rules = rule_table(times)
+    rules = rule_times(times)
     rules.to_csv(run_dir / "rule_times.csv", index=False)
     job_seconds = float(times["seconds"].sum())
     startup = float(times["startup"].sum())

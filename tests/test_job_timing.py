@@ -15,6 +15,7 @@ from circuit_reuse.workflow import (
     JobClock,
     job_times,
     phases_path,
+    rule_times,
     seconds_since_process_start,
     workflow_job,
 )
@@ -84,6 +85,11 @@ def test_job_times_joins_each_split_and_counts_snakemakes_share_as_start_up(tmp_
     assert row["startup"] == pytest.approx(1.0 + 0.5 + 2.0 + 0.5)
     assert row["compute"] == 3.0 and row["notebook kernel"] == 0.0
     assert pd.isna(times.loc["all_done", "startup"]) and pd.isna(times.loc["all_done", "gpu_peak_mb"])
+    _benchmark(tmp_path, "patch_stage/m/t/other", 3.0, {**split, "process": 2.5, "compute": -1.0})
+    per_rule = rule_times(job_times(tmp_path)).set_index("rule")
+    assert per_rule.loc["patch_stage", "jobs"] == 2 and per_rule.loc["patch_stage", "seconds"] == 10.0
+    assert per_rule.loc["patch_stage", "startup"] == pytest.approx(4.0 + 4.0)
+    assert list(per_rule.index) == ["patch_stage", "all_done"]
 
 
 DAG = """digraph snakemake_dag {

@@ -231,6 +231,13 @@ def test_every_job_records_its_wall_time_and_memory(smoke, tmp_path):
     }  # fmt: skip
     assert set(times["rule"]) == expected
     assert (times["seconds"] > 0).all()
+    # Every job split its time (scripts/benchmark_workflow.py sums the split): it started, and models
+    # were loaded by exactly the rules that run one, notebook kernels by the notebook rules.
+    assert times["process"].notna().all() and (times["start-up"] > 0).all()
+    loads = set(times.loc[times["model load"] > 0, "rule"])
+    assert loads == {"check_model", "evaluate_baseline", "patch_stage", "head_detectors", "assemble_circuit",
+                     "intervention", "faithfulness", "mechanisms", "compare_attribution"}  # fmt: skip
+    assert set(times.loc[times["notebook kernel"] > 0, "rule"]) == set(NOTEBOOK_RULES)
     assert set(times.loc[times["rule"] == "notebook_movers", "job"]) == set(MODELS)
     with pytest.raises(FileNotFoundError, match="no benchmark files"):
         job_times(tmp_path)
