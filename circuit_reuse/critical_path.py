@@ -1,98 +1,90 @@
 """The critical path of a finished run: the chain of dependent jobs whose measured times add up the most.
 
-No number of cores finishes a run sooner than its critical path. The job graph comes from Snakemake's
-`--dag` (Graphviz text: one node per job, labelled with its rule and wildcards, and one edge per
-dependency); each job's time from `circuit_reuse.workflow.job_times`, matched to its node by rule and
-wildcard values.
+No number of cores finishes a run sooner than its critical path. The jobs and their files come from the
+run's own Snakemake logs (`.snakemake/log/`), which list every job it ran with its rule, inputs, outputs
+and benchmark file; a job needs every job whose output it reads. Each job's time is its benchmark's, from
+`circuit_reuse.workflow.job_times`.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-_NODE = re.compile(r'^\s*(\d+)\[label = "([^"]*)"', re.MULTILINE)
-_EDGE = re.compile(r"^\s*(\d+) -> (\d+)\s*$", re.MULTILINE)
+_JOB = re.compile(r"^(?:local)?rule (\S+):$")
+_FIELD = re.compile(r"^    (input|output|benchmark): (.*)$")
 
 
 @dataclass(frozen=True)
-class JobGraph:
-    """Jobs by node id as (rule, wildcard values in the rule's order), and each job's prerequisites."""
+class LoggedJob:
+    """A job as the Snakemake log lists it: its rule, its benchmark file's key ('rule/wildcards', as
+    `job_times` names jobs) and the files it read and wrote."""
 
-    jobs: dict[int, tuple[str, tuple[str, ...]]]
-    needs: dict[int, set[int]] = field(default_factory=dict)
-
-
-def parse_dag(dot: str) -> JobGraph:
-    """Read the job graph Snakemake prints with `--dag`."""
-    jobs = {}
-    for node, label in _NODE.findall(dot):
-        rule, *wildcards = label.split("\\n")
-        jobs[int(node)] = (rule, tuple(entry.split(": ", 1)[1] for entry in wildcards))
-    if not jobs:
-        raise ValueError("no jobs in the graph: is this the output of `snakemake --dag`?")
-    needs: dict[int, set[int]] = {node: set() for node in jobs}
-    for before, after in _EDGE.findall(dot):
-        needs[int(after)].add(int(before))
-    return JobGraph(jobs, needs)
+    rule: str
+    key: str
+    inputs: frozenset[str]
+    outputs: frozenset[str]
 
 
-def _job_keys(values: tuple[str, ...]) -> list[str]:
-    """The ways a job's wildcard values can name its benchmark file: each joined by '/' or '.'."""
-    if not values:
-        return ["-"]
-    keys = []
-    for separators in itertools.product("/.", repeat=len(values) - 1):
-        key = values[0]
-        for separator, value in zip(separators, values[1:], strict=True):
-            key += separator + value
-        keys.append(key)
-    return keys
+def logged_jobs(log_text: str) -> list[LoggedJob]:
+    """Every job with a benchmark file that one Snakemake log lists, in the order it started them."""
+    jobs, current = [], None
+    for line in log_text.splitlines() + [""]:
+        header = _JOB.match(line)
+        field = _FIELD.match(line)
+        if current is not None and (header or not field and not line.startswith("    ")):
+            if "benchmark" in current:
+                relative = current["benchmark"].removeprefix("benchmarks/").removesuffix(".tsv")
+                rule, _, job = relative.partition("/")
+                key = f"{rule}/{job or '-'}"
+                jobs.append(LoggedJob(current["rule"], key, current["input"], current["output"]))
+            current = None
+        if header:
+            current = {"rule": header.group(1), "input": frozenset(), "output": frozenset()}
+        elif current is not None and field:
+            name, value = field.groups()
+            current[name] = value if name == "benchmark" else frozenset(value.split(", "))
+    return jobs
 
 
-def critical_path(graph: JobGraph, times: pd.DataFrame) -> pd.DataFrame:
+def run_jobs(run_dir: str | Path) -> list[LoggedJob]:
+    """The jobs of every Snakemake invocation in `run_dir` (a resumed run has several logs); a job run
+    again in a later invocation counts as it ran last."""
+    logs = sorted((Path(run_dir) / ".snakemake" / "log").glob("*.snakemake.log"))
+    by_key = {job.key: job for log in logs for job in logged_jobs(log.read_text())}
+    if not by_key:
+        raise FileNotFoundError(f"no Snakemake log under {run_dir}/.snakemake/log lists a job with a benchmark")
+    return list(by_key.values())
+
+
+def critical_path(jobs: list[LoggedJob], times: pd.DataFrame) -> pd.DataFrame:
     """The longest chain of dependent jobs by measured seconds, first job first.
 
-    `times` is `job_times`' table. Jobs with no benchmark (the `all` target) count as zero seconds and are
-    left out of the chain. One row per job of the chain: rule, job, seconds, and the chain's running total
-    `finished_s`.
+    `times` is `job_times`' table; a job without a measurement counts as zero seconds. One row per job of
+    the chain: rule, job, seconds, and the chain's running total `finished_s`.
     """
-    measured = {(row.rule, row.job): float(row.seconds) for row in times.itertuples()}
-
-    def seconds(node: int) -> tuple[str | None, float]:
-        rule, values = graph.jobs[node]
-        for key in _job_keys(values):
-            if (rule, key) in measured:
-                return key, measured[(rule, key)]
-        return None, 0.0
-
-    finish: dict[int, float] = {}
-    previous: dict[int, int | None] = {}
-    for node in _topological_order(graph):
-        before = max(graph.needs[node], key=lambda n: finish[n], default=None)
-        previous[node] = before
-        finish[node] = (finish[before] if before is not None else 0.0) + seconds(node)[1]
-    node: int | None = max(finish, key=finish.get)
-    chain = []
-    while node is not None:
-        key, own = seconds(node)
-        if key is not None:
-            chain.append({"rule": graph.jobs[node][0], "job": key, "seconds": own, "finished_s": finish[node]})
-        node = previous[node]
-    return pd.DataFrame(chain[::-1])
-
-
-def _topological_order(graph: JobGraph) -> list[int]:
-    order, done = [], set()
-    pending = sorted(graph.jobs)
+    measured = {f"{row.rule}/{row.job}": float(row.seconds) for row in times.itertuples()}
+    writer = {path: job.key for job in jobs for path in job.outputs}
+    needs = {job.key: {writer[path] for path in job.inputs if path in writer} - {job.key} for job in jobs}
+    finish: dict[str, float] = {}
+    previous: dict[str, str | None] = {}
+    pending = [job.key for job in jobs]
     while pending:
-        ready = [node for node in pending if graph.needs[node] <= done]
+        ready = [key for key in pending if needs[key] <= finish.keys()]
         if not ready:
-            raise ValueError(f"the job graph has a cycle among nodes {pending}")
-        order.extend(ready)
-        done.update(ready)
-        pending = [node for node in pending if node not in done]
-    return order
+            raise ValueError(f"the jobs' files form a cycle among {sorted(pending)}")
+        for key in ready:
+            before = max(needs[key], key=finish.get, default=None)
+            previous[key] = before
+            finish[key] = (finish[before] if before else 0.0) + measured.get(key, 0.0)
+        pending = [key for key in pending if key not in finish]
+    key: str | None = max(finish, key=finish.get)
+    chain = []
+    while key is not None:
+        rule, _, job = key.partition("/")
+        chain.append({"rule": rule, "job": job, "seconds": measured.get(key, 0.0), "finished_s": finish[key]})
+        key = previous[key]
+    return pd.DataFrame(chain[::-1])

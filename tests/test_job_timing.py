@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from circuit_reuse.critical_path import critical_path, parse_dag
+from circuit_reuse.critical_path import critical_path, run_jobs
 from circuit_reuse.workflow import (
     STARTUP_PHASES,
     JobClock,
@@ -92,39 +92,59 @@ def test_job_times_joins_each_split_and_counts_snakemakes_share_as_start_up(tmp_
     assert list(per_rule.index) == ["patch_stage", "all_done"]
 
 
-DAG = """digraph snakemake_dag {
-	0[label = "all", color = "0.00 0.6 0.85", style="rounded"];
-	1[label = "make_dataset\\ntask: ioi", color = "0.27 0.6 0.85", style="rounded"];
-	2[label = "cache_model\\nmodel: m", color = "0.07 0.6 0.85", style="rounded"];
-	3[label = "patch_stage\\nmodel: m\\ntask: ioi\\nstage: movers", color = "0.1 0.6 0.85", style="rounded"];
-	4[label = "faithfulness\\nmodel: m\\ntask: ioi", color = "0.1 0.6 0.85", style="rounded"];
-	1 -> 3
-	2 -> 3
-	3 -> 4
-	1 -> 4
-	4 -> 0
-	2 -> 0
-}
+LOG = """Building DAG of jobs...
+[Fri Dec  4 01:29:28 2026]
+localrule make_dataset:
+    input: results/tokenizer/tokenizer.json
+    output: results/datasets/ioi.jsonl
+    log: logs/make_dataset/ioi.log
+    jobid: 1
+    benchmark: benchmarks/make_dataset/ioi.tsv
+    wildcards: task=ioi
+Shell command: None
+localrule cache_model:
+    output: results/models/m/manifest.json
+    jobid: 2
+    benchmark: benchmarks/cache_model/m.tsv
+Select jobs to execute...
+localrule patch_stage:
+    input: results/models/m/manifest.json, results/datasets/ioi.jsonl
+    output: results/patching/m/ioi/movers.parquet
+    jobid: 3
+    benchmark: benchmarks/patch_stage/m/ioi/movers.tsv
+    reason: Missing output files: results/patching/m/ioi/movers.parquet
+rule faithfulness:
+    input: results/patching/m/ioi/movers.parquet, results/datasets/ioi.jsonl
+    output: results/faithfulness/m.ioi.parquet
+    jobid: 4
+    benchmark: benchmarks/faithfulness/m.ioi.tsv
+localrule all:
+    input: results/faithfulness/m.ioi.parquet
+    jobid: 0
+Finished jobid: 0 (Rule: all)
 """
 
 
-def test_the_critical_path_is_the_longest_chain_by_measured_time():
-    graph = parse_dag(DAG)
-    assert graph.jobs[3] == ("patch_stage", ("m", "ioi", "movers"))
-    assert graph.needs[3] == {1, 2}
+def test_the_critical_path_is_the_longest_chain_by_measured_time(tmp_path):
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "log" / "2026-12-04T012857.snakemake.log").write_text(LOG)
+    jobs = run_jobs(tmp_path)
+    assert [job.key for job in jobs] == ["make_dataset/ioi", "cache_model/m", "patch_stage/m/ioi/movers",
+                                         "faithfulness/m.ioi"]  # fmt: skip
+    assert jobs[2].inputs == {"results/models/m/manifest.json", "results/datasets/ioi.jsonl"}
     times = pd.DataFrame(
         [
             {"rule": "make_dataset", "job": "ioi", "seconds": 2.0},
             {"rule": "cache_model", "job": "m", "seconds": 5.0},
             {"rule": "patch_stage", "job": "m/ioi/movers", "seconds": 4.0},
-            {"rule": "faithfulness", "job": "m.ioi", "seconds": 1.0},  # its benchmark joins by '.'
+            {"rule": "faithfulness", "job": "m.ioi", "seconds": 1.0},
         ]
     )
-    chain = critical_path(graph, times)
-    assert list(chain["rule"]) == ["cache_model", "patch_stage", "faithfulness"]  # `all` has no benchmark
+    chain = critical_path(jobs, times)
+    assert list(chain["rule"]) == ["cache_model", "patch_stage", "faithfulness"]
     assert list(chain["finished_s"]) == [5.0, 9.0, 10.0]
-    with pytest.raises(ValueError, match="no jobs in the graph"):
-        parse_dag("digraph {}")
+    with pytest.raises(FileNotFoundError, match="no Snakemake log"):
+        run_jobs(tmp_path / "elsewhere")
 
 
 def test_a_job_clock_inside_a_fake_job_records_nothing_for_phases_it_never_entered(tmp_path):
