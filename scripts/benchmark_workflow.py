@@ -8,7 +8,13 @@ critical path.
 
 The run directory keeps everything (its results, its job logs, `benchmarks/`); the tables printed are also
 written there as `workflow_time.json` and `rule_times.csv`. `--summarize` prints them again for a finished
-run without running anything.
+run without running anything. Two finished runs of one config at two N give an estimate for a third N:
+
+    python scripts/benchmark_workflow.py --extrapolate runs/benchmark/n8 runs/benchmark/n24 --to-n 1000
+
+Each rule's compute is fitted as a + b * N through the two runs (N capped where the rule caps its prompts:
+faithfulness at `faithfulness.n_prompts`), its start-up is the runs' mean (it does not grow with N), and
+the wall time is the estimated job time times the wall-to-job-time ratio of the larger run.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from circuit_reuse.config import load_config
 from circuit_reuse.critical_path import critical_path, run_jobs
 from circuit_reuse.workflow import STARTUP_PHASES, job_times, rule_times
 
@@ -97,6 +104,49 @@ def summarize(run_dir: Path, configfile: Path, wall_s: float | None, cores: str)
     return summary
 
 
+def _rule_n(rule: str, n_prompts: int, config: dict) -> int:
+    """The prompts a rule's jobs run on when every task has `n_prompts` (faithfulness caps its own)."""
+    cap = config["faithfulness"]["n_prompts"] if rule == "faithfulness" else None
+    return min(n_prompts, cap) if cap else n_prompts
+
+
+def extrapolate(run_dirs: list[Path], to_n: int) -> pd.DataFrame:
+    """Per rule: start-up, compute fitted linearly in N through two runs, and both at `to_n` (see above)."""
+    if len(run_dirs) != 2:
+        raise SystemExit("--extrapolate takes exactly two run directories")
+    runs = []
+    for run_dir in run_dirs:
+        config = load_config(run_dir / "benchmark_config.yaml")  # with the schema's defaults filled in
+        sizes = {task["n_prompts"] for task in config["tasks"].values()}
+        if len(sizes) != 1:
+            raise SystemExit(f"{run_dir}: its tasks have different n_prompts {sorted(sizes)}; run it with --n-prompts")
+        summary = json.loads((run_dir / "workflow_time.json").read_text())
+        runs.append((sizes.pop(), config, pd.read_csv(run_dir / "rule_times.csv").set_index("rule"), summary))
+    (n_a, config, a, _), (n_b, _, b, summary_b) = sorted(runs, key=lambda run: run[0])
+    if n_a == n_b:
+        raise SystemExit(f"both runs have N = {n_a}: the fit needs two different N")
+    rows = []
+    for rule in b.index.union(a.index):
+        x_a, x_b, x_to = (_rule_n(rule, n, config) for n in (n_a, n_b, to_n))
+        compute_a, compute_b = a["compute"].get(rule, 0.0), b["compute"].get(rule, 0.0)
+        slope = max(0.0, (compute_b - compute_a) / (x_b - x_a)) if x_b != x_a else 0.0
+        startup = (a["startup"].get(rule, 0.0) + b["startup"].get(rule, 0.0)) / 2
+        compute = max(compute_b + slope * (x_to - x_b), 0.0)
+        rows.append({"rule": rule, "jobs": int(b["jobs"].get(rule, 0)), f"compute_N{n_a}": compute_a,
+                     f"compute_N{n_b}": compute_b, "s_per_prompt": slope, "startup": startup,
+                     f"compute_N{to_n}": compute, f"seconds_N{to_n}": startup + compute})  # fmt: skip
+    table = pd.DataFrame(rows).sort_values(f"seconds_N{to_n}", ascending=False, ignore_index=True)
+    job_seconds = table[f"seconds_N{to_n}"].sum()
+    wall_ratio = summary_b["wall_s"] / summary_b["job_seconds"]
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.1f}"))
+    print(
+        f"\nestimate at N = {to_n}: {job_seconds:.0f} s of job time ({job_seconds / 3600:.2f} h), of which start-up "
+        f"{table['startup'].sum():.0f} s; wall time about {job_seconds * wall_ratio / 3600:.2f} h on "
+        f"{summary_b['cores']} cores (N = {n_b}'s wall-to-job-time ratio {wall_ratio:.2f})"
+    )
+    return table
+
+
 def _core_count(cores: str) -> int:
     return (os.cpu_count() or 1) if cores == "all" else int(cores)
 
@@ -109,8 +159,13 @@ def main() -> None:
     parser.add_argument("--cores", default="all")
     parser.add_argument("--fresh", action="store_true", help="empty --out first")
     parser.add_argument("--summarize", action="store_true", help="only summarize the finished run in --out")
+    parser.add_argument("--extrapolate", nargs=2, type=Path, metavar="RUN_DIR", help="two finished runs to fit")
+    parser.add_argument("--to-n", type=int, default=1000, help="the N --extrapolate estimates for")
     parser.add_argument("snakemake_args", nargs="*", help="passed on to snakemake (after --)")
     args = parser.parse_args()
+    if args.extrapolate:
+        extrapolate([path.resolve() for path in args.extrapolate], args.to_n)
+        return
     run_dir = args.out.resolve()
     if args.summarize:
         earlier = run_dir / "workflow_time.json"

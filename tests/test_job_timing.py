@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import yaml
 
 from circuit_reuse.critical_path import critical_path, run_jobs
 from circuit_reuse.workflow import (
@@ -19,6 +21,8 @@ from circuit_reuse.workflow import (
     seconds_since_process_start,
     workflow_job,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 # A job as Snakemake runs one: a fresh interpreter, an import, then the body inside workflow_job.
 SLEEPING_JOB = """
@@ -153,3 +157,31 @@ def test_a_job_clock_inside_a_fake_job_records_nothing_for_phases_it_never_enter
         pass
     split = json.loads((tmp_path / "benchmarks" / "j.phases.json").read_text())
     assert split["model load"] == 0.0 and split["notebook kernel"] == 0.0
+
+
+def _finished_run(run_dir, n_prompts, computes, startup, wall_s):
+    """A run directory as benchmark_workflow.py leaves one: its config, rule_times.csv, workflow_time.json."""
+    run_dir.mkdir()
+    config = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    for task in config["tasks"].values():
+        task["n_prompts"] = n_prompts
+    config["faithfulness"]["n_prompts"] = 200
+    (run_dir / "benchmark_config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"rule": rule, "jobs": 1, "startup": startup, "compute": compute} for rule, compute in computes.items()]
+    pd.DataFrame(rows).to_csv(run_dir / "rule_times.csv", index=False)
+    job_seconds = sum(computes.values()) + startup * len(computes)
+    (run_dir / "workflow_time.json").write_text(json.dumps({"wall_s": wall_s, "job_seconds": job_seconds, "cores": "2"}))
+
+
+def test_two_runs_extrapolate_each_rules_compute_linearly_in_n_and_faithfulness_up_to_its_cap(tmp_path):
+    _finished_run(tmp_path / "n8", 8, {"patch_stage": 10.0, "faithfulness": 8.0, "notebook_x": 3.0}, 2.0, 13.0)
+    _finished_run(tmp_path / "n24", 24, {"patch_stage": 30.0, "faithfulness": 24.0, "notebook_x": 2.0}, 4.0, 33.0)
+    script = REPO / "scripts" / "benchmark_workflow.py"
+    command = [sys.executable, str(script), "--extrapolate", str(tmp_path / "n8"), str(tmp_path / "n24")]
+    printed = subprocess.run([*command, "--to-n", "1000"], check=True, capture_output=True, text=True).stdout
+    # patch_stage: 30 + 1.25 s per prompt x 976; faithfulness: 24 + 1 s per prompt x 176 (it stops at its
+    # 200 prompts); notebook_x: no growth (a negative fit counts as none).
+    patch, faithfulness, notebook = 30 + 1.25 * 976, 24 + 176, 2.0
+    total = patch + faithfulness + notebook + 3 * 3.0
+    assert f"estimate at N = 1000: {total:.0f} s of job time" in printed
+    assert f"wall time about {total * 33 / 68 / 3600:.2f} h on 2 cores" in printed  # 33 s of wall, 68 of jobs
