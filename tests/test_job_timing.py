@@ -170,7 +170,8 @@ def _finished_run(run_dir, n_prompts, computes, startup, wall_s):
     rows = [{"rule": rule, "jobs": 1, "startup": startup, "compute": compute} for rule, compute in computes.items()]
     pd.DataFrame(rows).to_csv(run_dir / "rule_times.csv", index=False)
     job_seconds = sum(computes.values()) + startup * len(computes)
-    (run_dir / "workflow_time.json").write_text(json.dumps({"wall_s": wall_s, "job_seconds": job_seconds, "cores": "2"}))
+    summary = {"wall_s": wall_s, "job_seconds": job_seconds, "cores": "2"}
+    (run_dir / "workflow_time.json").write_text(json.dumps(summary))
 
 
 def test_two_runs_extrapolate_each_rules_compute_linearly_in_n_and_faithfulness_up_to_its_cap(tmp_path):
