@@ -42,8 +42,15 @@ def heads_label(heads: Iterable[Head]) -> str:
     return ",".join(head_name(h) for h in sorted(heads))
 
 
-def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None) -> list[Head]:
-    """Heads with the largest |score|: the top `top_percent`% of all heads, or every |score| >= `threshold`.
+def select_heads(
+    scores: np.ndarray,
+    top_percent: float | None = None,
+    threshold: float | None = None,
+    min_relative_score: float = 0.0,
+) -> list[Head]:
+    """Heads with the largest |score|: the top `top_percent`% of all heads, or every |score| >= `threshold`;
+    of those, only the ones whose |score| is at least `min_relative_score` times the grid's largest (the
+    score floor; 0 keeps the rule's choice).
 
     The count for top-p% is round(p/100 * n_layers * n_heads), at least one (2% of GPT-2 medium's 384
     heads is 8, the paper's "about 8"). NaN scores (heads outside the stage's sender set) and scores of
@@ -53,6 +60,8 @@ def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold
     """
     if (top_percent is None) == (threshold is None):
         raise ValueError("give exactly one of top_percent and threshold")
+    if not 0 <= min_relative_score <= 1:
+        raise ValueError(f"min_relative_score must be in [0, 1], got {min_relative_score}")
     scores = np.asarray(scores, dtype=float)
     n_layers, n_heads = scores.shape
     magnitude = np.abs(scores)
@@ -61,11 +70,21 @@ def select_heads(scores: np.ndarray, top_percent: float | None = None, threshold
     ]
     candidates.sort(key=lambda lh: (-magnitude[lh], lh))
     if threshold is not None:
-        return [lh for lh in candidates if magnitude[lh] >= threshold]
-    if not 0 < top_percent <= 100:
+        chosen = [lh for lh in candidates if magnitude[lh] >= threshold]
+    elif not 0 < top_percent <= 100:
         raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
-    count = max(1, round(top_percent / 100 * n_layers * n_heads))
-    return candidates[:count]
+    else:
+        chosen = candidates[: max(1, round(top_percent / 100 * n_layers * n_heads))]
+    floor = min_relative_score * magnitude[candidates[0]] if candidates else 0.0
+    return [lh for lh in chosen if magnitude[lh] >= floor]
+
+
+def heads_below_floor(
+    scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None, min_relative_score: float = 0.0
+) -> list[Head]:
+    """The heads the rule of `select_heads` chooses but its score floor drops, largest |score| first."""
+    kept = set(select_heads(scores, top_percent, threshold, min_relative_score))
+    return [head for head in select_heads(scores, top_percent, threshold) if head not in kept]
 
 
 # Two exact implementations of path patching in float32 give scores that differ by up to about 4e-5 (the
@@ -110,6 +129,8 @@ class StageRecord:
     heads: list[Head]
     margin: float | None = None  # selection_margin of the stage's scores
     near_tie: bool = False  # the margin is below SCORE_NOISE; set from the margin
+    min_relative_score: float = 0.0  # the stage's score floor (select_heads)
+    below_floor: list[Head] = field(default_factory=list)  # heads the rule chose and the floor dropped
 
     def __post_init__(self) -> None:
         self.near_tie = self.margin is not None and self.margin < SCORE_NOISE
@@ -148,7 +169,10 @@ class Circuit:
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "selection": self.selection,
-            "stages": [{**asdict(s), "heads": [list(h) for h in s.heads]} for s in self.stages],
+            "stages": [
+                {**asdict(s), "heads": [list(h) for h in s.heads], "below_floor": [list(h) for h in s.below_floor]}
+                for s in self.stages
+            ],
             "heads": [asdict(i) for i in self.head_infos],
             "provenance": self.provenance,
         }
@@ -161,7 +185,16 @@ class Circuit:
             n_layers=data["n_layers"],
             n_heads=data["n_heads"],
             selection=data["selection"],
-            stages=[StageRecord(**{**s, "heads": [tuple(h) for h in s["heads"]]}) for s in data["stages"]],
+            stages=[
+                StageRecord(
+                    **{
+                        **s,
+                        "heads": [tuple(h) for h in s["heads"]],
+                        "below_floor": [tuple(h) for h in s.get("below_floor", [])],
+                    }
+                )
+                for s in data["stages"]
+            ],
             head_infos=[HeadInfo(**i) for i in data["heads"]],
             provenance=data.get("provenance", {}),
         )

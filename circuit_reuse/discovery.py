@@ -18,7 +18,15 @@ import pandas as pd
 import torch
 
 from circuit_reuse.attribution import DEFAULT_IG_STEPS, DEFAULT_METHOD, METHODS, score_heads
-from circuit_reuse.circuits import Circuit, Head, HeadInfo, StageRecord, select_heads, selection_margin
+from circuit_reuse.circuits import (
+    Circuit,
+    Head,
+    HeadInfo,
+    StageRecord,
+    heads_below_floor,
+    select_heads,
+    selection_margin,
+)
 from circuit_reuse.datasets import END, TaskDataset
 from circuit_reuse.head_roles import DETECTORS, attention_share, copy_scores, label_role
 from circuit_reuse.patching import (
@@ -46,6 +54,7 @@ class StageSpec:
     senders: str | None = DEFAULT_SENDER_SET  # patching.SENDER_SETS; None for logits (every head is a sender)
     method: str = DEFAULT_METHOD  # attribution.METHODS: exact path patching or a gradient estimate of it
     ig_steps: int | None = None  # points on the clean-to-corrupted line, for eap_ig only
+    min_relative_score: float = 0.0  # the score floor of the stage's selection (circuits.select_heads)
 
     @property
     def kind(self) -> str:
@@ -60,11 +69,12 @@ def parse_stages(
     senders: str = DEFAULT_SENDER_SET,
     method: str = DEFAULT_METHOD,
     ig_steps: int = DEFAULT_IG_STEPS,
+    min_relative_score: float = 0.0,
 ) -> list[StageSpec]:
     """Turn a task's `discovery.stages` config into StageSpecs, checking that each refers backwards.
 
-    `senders`, `method` and `ig_steps` apply to every stage that names none of its own (`senders` to stages
-    with head receivers only)."""
+    `senders`, `method`, `ig_steps` and `min_relative_score` apply to every stage that names none of its
+    own (`senders` to stages with head receivers only)."""
     specs: list[StageSpec] = []
     for i, entry in enumerate(entries):
         where = f"discovery.stages.{task}[{i}]"
@@ -75,9 +85,13 @@ def parse_stages(
         stage_method = entry.get("method", method)
         if stage_method not in METHODS:
             raise StageError(f"{where}.method: {stage_method!r} is not one of {', '.join(METHODS)}")
+        floor = entry.get("min_relative_score", min_relative_score)
+        if not 0 <= floor <= 1:
+            raise StageError(f"{where}.min_relative_score: {floor!r} is not a fraction of the best score in [0, 1]")
         scoring = {
             "method": stage_method,
             "ig_steps": entry.get("ig_steps", ig_steps) if stage_method == "eap_ig" else None,
+            "min_relative_score": float(floor),
         }
         if receivers == "logits":
             spec = StageSpec(entry["name"], "logits", (), entry.get("position", END), None, **scoring)
@@ -178,8 +192,14 @@ def scores_table(grid: np.ndarray, **columns: Any) -> pd.DataFrame:
     return table
 
 
-def selected_heads(grid: np.ndarray, selection: Mapping[str, Any]) -> list[Head]:
-    return select_heads(grid, top_percent=selection.get("top_percent"), threshold=selection.get("threshold"))
+def selected_heads(grid: np.ndarray, selection: Mapping[str, Any], min_relative_score: float = 0.0) -> list[Head]:
+    """The heads a stage's grid selects by the config's `selection` rule and the stage's score floor."""
+    return select_heads(grid, selection.get("top_percent"), selection.get("threshold"), min_relative_score)
+
+
+def floor_dropped_heads(grid: np.ndarray, selection: Mapping[str, Any], min_relative_score: float) -> list[Head]:
+    """The heads the `selection` rule chooses from a stage's grid that its score floor leaves out."""
+    return heads_below_floor(grid, selection.get("top_percent"), selection.get("threshold"), min_relative_score)
 
 
 def stage_senders(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int, n_heads: int):
@@ -213,7 +233,7 @@ def assemble_circuit(
     chosen: dict[str, list[Head]] = {}
     for spec in specs:
         receivers = stage_receivers(spec, chosen.get(spec.receivers, []))
-        heads = selected_heads(grids[spec.name], selection)
+        heads = selected_heads(grids[spec.name], selection, spec.min_relative_score)
         chosen[spec.name] = heads
         stages.append(
             StageRecord(
@@ -223,6 +243,8 @@ def assemble_circuit(
                 below_layer(spec, receivers, n_layers, n_heads),
                 heads,
                 margin=selection_margin(grids[spec.name], selection.get("top_percent"), selection.get("threshold")),
+                min_relative_score=spec.min_relative_score,
+                below_floor=floor_dropped_heads(grids[spec.name], selection, spec.min_relative_score),
             )
         )
         evidence_by_head = _evidence(model, dataset, heads, copy, detector_table)

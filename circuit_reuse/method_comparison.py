@@ -45,7 +45,7 @@ def rescore_stages(
     chosen: dict[str, list[Head]] = {}
     for spec in specs:
         receivers = stage_receivers(spec, chosen.get(spec.receivers, []))
-        chosen[spec.name] = selected_heads(grids[spec.name], selection)
+        chosen[spec.name] = selected_heads(grids[spec.name], selection, spec.min_relative_score)
         receivers_of[spec.name] = describe_receivers(receivers)
         by_stage[spec.name] = {spec.method: grids[spec.name]}
         seconds[spec.name] = {}

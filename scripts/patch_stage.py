@@ -33,7 +33,9 @@ with model_job(job) as clock:
     earlier = (
         []
         if spec.kind == "logits"
-        else selected_heads(grid_from_table(read_parquet(job.input.previous)), job.params.selection)
+        else selected_heads(
+            grid_from_table(read_parquet(job.input.previous)), job.params.selection, job.params.receivers_floor
+        )
     )
     receivers = stage_receivers(spec, earlier)
     print(

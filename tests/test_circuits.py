@@ -13,6 +13,7 @@ from circuit_reuse.circuits import (
     heads_label,
     load_circuit,
     save_circuit,
+    heads_below_floor,
     select_heads,
     selection_margin,
 )
@@ -45,6 +46,19 @@ def test_at_least_one_head_is_selected():
     assert len(select_heads(np.ones((2, 2)), top_percent=1)) == 1
 
 
+def test_the_score_floor_drops_chosen_heads_below_its_fraction_of_the_best():
+    scores = np.array([[1.0, -0.5, 1e-6], [0.2, np.nan, 0.0]])
+    assert select_heads(scores, top_percent=50) == [(0, 0), (0, 1), (1, 0)]
+    assert select_heads(scores, top_percent=50, min_relative_score=0.3) == [(0, 0), (0, 1)]
+    assert heads_below_floor(scores, top_percent=50, min_relative_score=0.3) == [(1, 0)]
+    assert select_heads(scores, threshold=1e-7, min_relative_score=0.5) == [(0, 0), (0, 1)]  # -0.5: |score| counts
+    assert heads_below_floor(scores, threshold=1e-7, min_relative_score=0.5) == [(1, 0), (0, 2)]
+    assert select_heads(scores, top_percent=50, min_relative_score=1.0) == [(0, 0)]  # the best is always kept
+    assert heads_below_floor(scores, top_percent=50) == []
+    with pytest.raises(ValueError, match=r"min_relative_score must be in \[0, 1\], got 2"):
+        select_heads(scores, top_percent=50, min_relative_score=2)
+
+
 def test_selection_arguments_are_checked():
     with pytest.raises(ValueError, match="exactly one"):
         select_heads(np.ones((2, 2)))
@@ -64,6 +78,8 @@ def test_circuit_round_trips_through_json(tmp_path):
     )
     loaded = load_circuit(save_circuit(tmp_path / "c.json", circuit))
     assert loaded == circuit
+    circuit.stages[0] = StageRecord("movers", "logits", "END", 3, [(2, 1)], min_relative_score=0.1, below_floor=[(0, 1)])
+    assert load_circuit(save_circuit(tmp_path / "floor.json", circuit)).stages[0].below_floor == [(0, 1)]
     assert loaded.heads() == {(2, 1)}
     assert loaded.heads_with_role("mover") == [(2, 1)]
     assert loaded.stage("movers").heads == [(2, 1)]

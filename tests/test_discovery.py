@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,12 @@ def test_each_stage_takes_the_default_sender_set_or_its_own():
     assert below_layer(specs[0], "logits", 4, 2) == 4
 
 
+def test_each_stage_takes_the_default_score_floor_or_its_own():
+    entries = [*IOI_STAGES[:2], {**IOI_STAGES[2], "min_relative_score": 0.25}]
+    assert [s.min_relative_score for s in parse_stages("ioi", entries)] == [0.0, 0.0, 0.25]
+    assert [s.min_relative_score for s in parse_stages("ioi", entries, min_relative_score=0.1)] == [0.1, 0.1, 0.25]
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
@@ -58,6 +66,7 @@ def test_each_stage_takes_the_default_sender_set_or_its_own():
         ([{"name": "a", "receivers": "logits"}, {"name": "a", "receivers": "logits"}], "used twice"),
         ([], "no stages"),
         ([{"name": "a", "receivers": "logits", "senders": "all"}], r"\[0\]\.senders: 'all' is not one of"),
+        ([{"name": "a", "receivers": "logits", "min_relative_score": 1.5}], r"\[0\]\.min_relative_score: 1.5 is not"),
     ],
 )
 def test_inconsistent_stages_are_refused(entries, message):
@@ -83,6 +92,7 @@ def test_score_tables_round_trip_to_grids():
     np.testing.assert_array_equal(grid_from_table(table), grid)
     assert selected_heads(grid, {"top_percent": 50}) == [(1, 1), (1, 0)]
     assert selected_heads(grid, {"threshold": 0.3}) == [(1, 1), (1, 0)]
+    assert selected_heads(grid, {"threshold": 0.3}, min_relative_score=0.5) == [(1, 1)]
 
 
 def _toy_colored_objects(tokenizer):
@@ -134,4 +144,12 @@ def test_assembled_circuit_selects_per_stage_and_labels_by_the_rules(tiny_model,
         assert roles[head] == expected
         assert 0 <= evidence["question_share"] <= 1 and 0 <= evidence["copy_score"] <= 1
     assert circuit.heads() == {(1, 1), (1, 2), (0, 1), (0, 0)}
+    assert circuit.stage("inhibition").below_floor == []
+    # A floor of 10% of the stage's best keeps 0.05 of 0.7 out of the inhibition stage, and records it.
+    floored = [replace(spec, min_relative_score=0.1) for spec in specs]
+    grids = {"movers": movers, "inhibition": inhibition}
+    circuit = assemble_circuit("tiny", tiny_model, dataset, floored, grids, {"top_percent": 25}, detectors)
+    assert circuit.stage("movers").heads == [(1, 1), (1, 2)] and circuit.stage("movers").below_floor == []
+    assert circuit.stage("inhibition").heads == [(0, 1)] and circuit.stage("inhibition").below_floor == [(0, 0)]
+    assert circuit.stage("inhibition").min_relative_score == 0.1 and circuit.heads() == {(1, 1), (1, 2), (0, 1)}
     assert torch.equal(dataset.end, torch.tensor([len(dataset.records[0]["clean_tokens"]) - 1] * 2))

@@ -122,6 +122,7 @@ try:  # validation gave every task its stages (the config's, else its registered
             config["discovery"]["senders"],
             config["discovery"]["method"],
             config["discovery"]["ig_steps"],
+            config["discovery"]["min_relative_score"],
         )
         for task in TASKS
     }
@@ -143,6 +144,12 @@ def stage_selection(wildcards):
     # changing the threshold leaves the logits stages alone.
     spec = STAGE_SPECS[wildcards.task][wildcards.stage]
     return None if spec.kind == "logits" else config["discovery"]["selection"]
+
+
+def receivers_floor(wildcards):
+    # A stage's receivers are its earlier stage's heads above that stage's score floor.
+    spec = STAGE_SPECS[wildcards.task][wildcards.stage]
+    return None if spec.kind == "logits" else STAGE_SPECS[wildcards.task][spec.receivers].min_relative_score
 
 
 def stage_grids(wildcards):

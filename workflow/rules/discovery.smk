@@ -11,6 +11,7 @@ rule patch_stage:
     params:
         stage=lambda wildcards: asdict(STAGE_SPECS[wildcards.task][wildcards.stage]),
         selection=stage_selection,
+        receivers_floor=receivers_floor,
         n_prompts=config["discovery"]["n_prompts"],
         batch_size=config["discovery"]["batch_size"],
         freeze_mlps=config["discovery"]["freeze_mlps"],
