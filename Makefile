@@ -4,6 +4,7 @@
 # and one for the cluster set-up:
 #   make test-slurm   the smoke config on a real one-node SLURM on localhost (root, Debian 12)
 #   make scale        the scaled-up config in five dataset-seed replicates
+#   make benchmark-workflow   the paper's run on random stand-ins of its models' shapes, timed from nothing
 # TORCH picks the PyTorch build: plain `torch` on a GPU machine; CI passes torch==2.13.0 (a CPU build).
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ CORES ?= all
 CONFIG ?= config.yaml
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slurm smoke scale examples lint
+.PHONY: run test test-slurm smoke scale examples lint benchmark-workflow
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
@@ -42,6 +43,12 @@ scale: $(VENV)/.installed
 EXAMPLES_CONFIG ?= workflow/configs/smoke.yaml
 examples: $(VENV)/.installed
 	$(BIN)/python scripts/refresh_examples.py --configfile $(EXAMPLES_CONFIG) -- --cores $(CORES)
+
+# workflow/configs/paper_shapes.yaml from nothing under runs/benchmark/paper_shapes/ (emptied first), with
+# every task cut to N prompts when N is given: the wall time, each rule's start-up and compute, the critical path.
+N ?=
+benchmark-workflow: $(VENV)/.installed
+	$(BIN)/python scripts/benchmark_workflow.py --fresh --cores $(CORES) $(if $(N),--n-prompts $(N))
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check circuit_reuse scripts tests
