@@ -74,7 +74,7 @@ def summarize(run_dir: Path, configfile: Path, wall_s: float | None, cores: str)
     summary = {
         "config": str(configfile),
         "cores": cores,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{_processor()}, {os.cpu_count()} CPUs",
         "wall_s": wall_s,
         "jobs": len(times),
         "job_seconds": job_seconds,
@@ -145,6 +145,17 @@ def extrapolate(run_dirs: list[Path], to_n: int) -> pd.DataFrame:
         f"{summary_b['cores']} cores (N = {n_b}'s wall-to-job-time ratio {wall_ratio:.2f})"
     )
     return table
+
+
+def _processor() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _core_count(cores: str) -> int:
