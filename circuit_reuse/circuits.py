@@ -80,7 +80,10 @@ def select_heads(
 
 
 def heads_below_floor(
-    scores: np.ndarray, top_percent: float | None = None, threshold: float | None = None, min_relative_score: float = 0.0
+    scores: np.ndarray,
+    top_percent: float | None = None,
+    threshold: float | None = None,
+    min_relative_score: float = 0.0,
 ) -> list[Head]:
     """The heads the rule of `select_heads` chooses but its score floor drops, largest |score| first."""
     kept = set(select_heads(scores, top_percent, threshold, min_relative_score))

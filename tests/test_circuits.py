@@ -10,10 +10,10 @@ from circuit_reuse.circuits import (
     HeadInfo,
     StageRecord,
     grid_from_table,
+    heads_below_floor,
     heads_label,
     load_circuit,
     save_circuit,
-    heads_below_floor,
     select_heads,
     selection_margin,
 )
@@ -78,7 +78,9 @@ def test_circuit_round_trips_through_json(tmp_path):
     )
     loaded = load_circuit(save_circuit(tmp_path / "c.json", circuit))
     assert loaded == circuit
-    circuit.stages[0] = StageRecord("movers", "logits", "END", 3, [(2, 1)], min_relative_score=0.1, below_floor=[(0, 1)])
+    circuit.stages[0] = StageRecord(
+        "movers", "logits", "END", 3, [(2, 1)], min_relative_score=0.1, below_floor=[(0, 1)]
+    )
     assert load_circuit(save_circuit(tmp_path / "floor.json", circuit)).stages[0].below_floor == [(0, 1)]
     assert loaded.heads() == {(2, 1)}
     assert loaded.heads_with_role("mover") == [(2, 1)]
