@@ -354,10 +354,12 @@ def test_dla_equals_the_change_from_removing_the_head_from_the_final_residual(mo
     d_head = model.cfg.d_head
     rows = torch.arange(len(co_dataset))
     answers = co_dataset.answer_tokens
+    end_logits = {}
     for condition in (Condition(BASELINE), edited):
         hooks = condition.hooks(co_dataset)
         with model.hooks(fwd_hooks=hooks):
             logits, cache = model.run_with_cache(co_dataset.clean_tokens)
+        end_logits[condition.name] = logits[rows, co_dataset.end]
         scale = cache["ln_final.hook_scale"]
         for layer, head in readout:
             z = cache[f"blocks.{layer}.attn.hook_z"][rows, co_dataset.end, head]
@@ -391,10 +393,16 @@ def test_dla_equals_the_change_from_removing_the_head_from_the_final_residual(mo
     # The readout sees the edited pattern: the overridden head attends half to each wrong colour.
     forced = heads[(heads["condition"] == "edit") & (heads["layer"] == 2) & (heads["head"] == 0)]
     assert np.allclose(forced["attn_wrong_color_0"], 0.5) and np.allclose(forced["attn_answer_color"], 0)
-    # The same runs give the per-prompt predictions of run_conditions.
-    pd.testing.assert_frame_equal(
-        per_prompt, run_conditions(model, co_dataset, [Condition(BASELINE), edited], batch_size=8, progress=False)
-    )
+    # The same runs give the per-prompt predictions of run_conditions, in batches of the same shape. The
+    # readouts' hooks change the order of float32 sums (5e-8 on a logit of 3e-3 on one processor), and a
+    # random model's logits lie about 1e-5 apart, so a target rank may move past logits tied with it.
+    plain = run_conditions(model, co_dataset, [Condition(BASELINE), edited], batch_size=3, progress=False)
+    pd.testing.assert_frame_equal(per_prompt.drop(columns="target_rank"), plain.drop(columns="target_rank"), atol=1e-6)
+    for i in np.flatnonzero(per_prompt["target_rank"].to_numpy() != plain["target_rank"].to_numpy()):
+        row = per_prompt.iloc[i]
+        end = end_logits[row["condition"]][int(row["prompt"])]
+        ties = int((torch.abs(end - float(row["logit_target"])) < 1e-5).sum()) - 1
+        assert abs(int(row["target_rank"]) - int(plain["target_rank"].iloc[i])) <= ties, (i, ties)
 
 
 def test_mover_readouts_average_and_compare_with_the_baseline():
