@@ -111,6 +111,8 @@ def job_logging(log_path: str | Path) -> Iterator[None]:
 
 # The phases a job's wall time is split into besides its compute (`JobClock`), in the order they happen.
 STARTUP_PHASES = ("start-up", "input checks", "model load", "notebook kernel", "output digests")
+# The columns of `job_times` that split a job's seconds: the phases, Snakemake's share, their sum, compute.
+SPLIT_COLUMNS = (*STARTUP_PHASES, "snakemake", "startup", "compute")
 
 
 def seconds_since_process_start() -> float:
@@ -253,6 +255,6 @@ def rule_times(times: pd.DataFrame) -> pd.DataFrame:
     """`job_times`' table summed per rule: jobs, seconds and each phase of the split (start-up, compute...),
     the largest max_rss_mb and gpu_peak_mb; slowest rule first."""
     columns = {"jobs": ("job", "count"), "seconds": ("seconds", "sum")}
-    columns.update({name: (name, "sum") for name in (*STARTUP_PHASES, "snakemake", "startup", "compute")})
+    columns.update({name: (name, "sum") for name in SPLIT_COLUMNS})
     columns.update(max_rss_mb=("max_rss_mb", "max"), gpu_peak_mb=("gpu_peak_mb", "max"))
     return times.groupby("rule").agg(**columns).sort_values("seconds", ascending=False).reset_index()

@@ -34,17 +34,16 @@ import yaml
 
 from circuit_reuse.config import load_config
 from circuit_reuse.critical_path import critical_path, run_jobs
-from circuit_reuse.workflow import STARTUP_PHASES, job_times, rule_times
+from circuit_reuse.workflow import SPLIT_COLUMNS, STARTUP_PHASES, job_times, rule_times
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
-PHASE_COLUMNS = [*STARTUP_PHASES, "snakemake", "startup", "compute"]
 
 
-def _snakemake(run_dir: Path, configfile: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+def _snakemake(run_dir: Path, configfile: Path, *args: str) -> None:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE)]
     command += ["--configfile", str(configfile), "--directory", str(run_dir), *args]
-    return subprocess.run(command, check=True, **kwargs)
+    subprocess.run(command, check=True)
 
 
 def prepare(configfile: Path, run_dir: Path, n_prompts: int | None, fresh: bool) -> Path:
@@ -80,7 +79,7 @@ def summarize(run_dir: Path, configfile: Path, wall_s: float | None, cores: str)
         "job_seconds": job_seconds,
         "startup_seconds": startup,
         "startup_share_of_job_time": startup / job_seconds,
-        "phases": {name: float(times[name].sum()) for name in PHASE_COLUMNS},
+        "phases": {name: float(times[name].sum()) for name in SPLIT_COLUMNS},
         "critical_path_s": float(chain["finished_s"].iloc[-1]),
         "critical_path_jobs": len(chain),
     }
