@@ -79,17 +79,6 @@ def select_heads(
     return [lh for lh in chosen if magnitude[lh] >= floor]
 
 
-def heads_below_floor(
-    scores: np.ndarray,
-    top_percent: float | None = None,
-    threshold: float | None = None,
-    min_relative_score: float = 0.0,
-) -> list[Head]:
-    """The heads the rule of `select_heads` chooses but its score floor drops, largest |score| first."""
-    kept = set(select_heads(scores, top_percent, threshold, min_relative_score))
-    return [head for head in select_heads(scores, top_percent, threshold) if head not in kept]
-
-
 # Two exact implementations of path patching in float32 give scores that differ by up to about 4e-5 (the
 # benchmark in the README, "How fast"). A selection whose margin is below this hangs on float noise: a
 # rewrite of the arithmetic, or another device, may select other heads.

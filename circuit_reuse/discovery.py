@@ -23,7 +23,6 @@ from circuit_reuse.circuits import (
     Head,
     HeadInfo,
     StageRecord,
-    heads_below_floor,
     select_heads,
     selection_margin,
 )
@@ -198,8 +197,10 @@ def selected_heads(grid: np.ndarray, selection: Mapping[str, Any], min_relative_
 
 
 def floor_dropped_heads(grid: np.ndarray, selection: Mapping[str, Any], min_relative_score: float) -> list[Head]:
-    """The heads the `selection` rule chooses from a stage's grid that its score floor leaves out."""
-    return heads_below_floor(grid, selection.get("top_percent"), selection.get("threshold"), min_relative_score)
+    """The heads the `selection` rule chooses from a stage's grid that its score floor leaves out, largest
+    |score| first."""
+    kept = set(selected_heads(grid, selection, min_relative_score))
+    return [head for head in selected_heads(grid, selection) if head not in kept]
 
 
 def stage_senders(spec: StageSpec, receivers: str | list[tuple[int, int, str]], n_layers: int, n_heads: int):

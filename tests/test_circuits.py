@@ -10,13 +10,13 @@ from circuit_reuse.circuits import (
     HeadInfo,
     StageRecord,
     grid_from_table,
-    heads_below_floor,
     heads_label,
     load_circuit,
     save_circuit,
     select_heads,
     selection_margin,
 )
+from circuit_reuse.discovery import floor_dropped_heads
 
 
 def test_top_two_percent_of_gpt2_medium_is_eight_heads():
@@ -50,11 +50,11 @@ def test_the_score_floor_drops_chosen_heads_below_its_fraction_of_the_best():
     scores = np.array([[1.0, -0.5, 1e-6], [0.2, np.nan, 0.0]])
     assert select_heads(scores, top_percent=50) == [(0, 0), (0, 1), (1, 0)]
     assert select_heads(scores, top_percent=50, min_relative_score=0.3) == [(0, 0), (0, 1)]
-    assert heads_below_floor(scores, top_percent=50, min_relative_score=0.3) == [(1, 0)]
+    assert floor_dropped_heads(scores, {"top_percent": 50}, 0.3) == [(1, 0)]
     assert select_heads(scores, threshold=1e-7, min_relative_score=0.5) == [(0, 0), (0, 1)]  # -0.5: |score| counts
-    assert heads_below_floor(scores, threshold=1e-7, min_relative_score=0.5) == [(1, 0), (0, 2)]
+    assert floor_dropped_heads(scores, {"threshold": 1e-7}, 0.5) == [(1, 0), (0, 2)]
     assert select_heads(scores, top_percent=50, min_relative_score=1.0) == [(0, 0)]  # the best is always kept
-    assert heads_below_floor(scores, top_percent=50) == []
+    assert floor_dropped_heads(scores, {"top_percent": 50}, 0.0) == []
     with pytest.raises(ValueError, match=r"min_relative_score must be in \[0, 1\], got 2"):
         select_heads(scores, top_percent=50, min_relative_score=2)
 
