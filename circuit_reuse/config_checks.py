@@ -22,6 +22,8 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd")
 # The schema marks each model key that applies to some sources only with `x-sources`.
 SOURCES_KEYWORD = "x-sources"
 HUB_ORGANISATION = "openai-community/"
+# The sources whose models are built here, with the tokenizer the config names.
+BUILT_SOURCES = ("random", "trained", "checkpoint")
 
 
 def source_keys(schema: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -70,13 +72,44 @@ def model_shape(entry: Mapping[str, Any]) -> dict[str, int] | None:
 
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """Every cross-key problem of a schema-valid config with its defaults filled in."""
-    shapes = {name: model_shape(entry) for name, entry in config["models"].items()}
+    checkpoint_problems = _checkpoint_problems(config)
+    # A checkpoint has its organism's shape, which that organism's own entry is checked for.
+    shapes = {
+        name: model_shape(entry) for name, entry in config["models"].items() if entry["source"] != "checkpoint"
+    }
+    checks = [*_shape_problems(config, shapes), *checkpoint_problems]
+    if not checkpoint_problems:
+        for name, entry in config["models"].items():
+            if entry["source"] == "checkpoint":
+                shapes[name] = shapes[entry["of"]]
     return [
-        *_shape_problems(config, shapes),
+        *checks,
         *_intervention_head_problems(config, shapes),
         *_role_problems(config),
         *_training_problems(config),
     ]
+
+
+def _checkpoint_problems(config: Mapping[str, Any]) -> list[str]:
+    """A checkpoint must name an organism of this config and a step its training reaches."""
+    models = config["models"]
+    organisms = [name for name, entry in models.items() if entry["source"] == "trained"]
+    problems = []
+    for name, entry in models.items():
+        if entry["source"] != "checkpoint":
+            continue
+        if entry["of"] not in organisms:
+            problems.append(
+                f"models.{name}.of: {entry['of']!r} is not an organism of this config (a model of source: trained); "
+                f"organisms: {', '.join(organisms) or 'none'}"
+            )
+        elif entry["step"] >= models[entry["of"]]["training"]["steps"]:
+            steps = models[entry["of"]]["training"]["steps"]
+            problems.append(
+                f"models.{name}.step: {entry['step']} is not below {entry['of']}'s {steps} training steps "
+                f"(the organism itself is its last step)"
+            )
+    return problems
 
 
 def _training_problems(config: Mapping[str, Any]) -> list[str]:
@@ -105,7 +138,7 @@ def path_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append(f"{where}: {error}")
         tokenizer = None
     else:
-        built = [name for name, entry in config["models"].items() if entry["source"] in ("random", "trained")]
+        built = [name for name, entry in config["models"].items() if entry["source"] in BUILT_SOURCES]
         if tokenizer is None and built:
             problems.append(
                 f"tokenizer: random stand-ins and organisms ({', '.join(built)}) come without a tokenizer; set "

@@ -61,6 +61,7 @@ HUB_FILES = [
 ]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+CHECKPOINT_KEYS = ("of", "step")
 
 
 class ModelCacheError(RuntimeError):
@@ -72,7 +73,7 @@ class ModelSpec:
     """Where a model comes from. Built from one entry of the config's `models` section."""
 
     name: str
-    source: Literal["hub", "local", "random", "trained"]
+    source: Literal["hub", "local", "random", "trained", "checkpoint"]
     hub_id: str | None = None
     revision: str = "main"
     path: str | None = None
@@ -80,6 +81,8 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
+    of: str | None = None  # a checkpoint's organism (source: checkpoint)
+    step: int | None = None  # the training step a checkpoint keeps
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
@@ -143,13 +146,14 @@ def cache_model(
             _copy_local(spec, work)
         elif spec.source == "random":
             _build_random(spec, work)
-        elif spec.source == "trained":
+        elif spec.source in ("trained", "checkpoint"):
             from circuit_reuse.training import build_organism
 
             build_organism(spec, work, tokenizer_path)
         else:
             raise ModelCacheError(
-                f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random, trained"
+                f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random, trained, "
+                "checkpoint"
             )
         if not any((work / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             if tokenizer_path is None:
@@ -405,6 +409,11 @@ def _check_architecture(spec: ModelSpec, work: Path) -> None:
 def _spec_record(spec: ModelSpec) -> dict[str, Any]:
     record = asdict(spec)
     record.pop("name")
+    # A checkpoint's keys appear on checkpoints only: the caches of other models, built before checkpoints
+    # existed, keep matching their manifests.
+    for key in CHECKPOINT_KEYS:
+        if record[key] is None:
+            del record[key]
     return record
 
 

@@ -328,9 +328,19 @@ def learning_rate(step: int, recipe: TrainingRecipe) -> float:
     return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def organism_entry(models: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
+    """The config entry that trains model `name`: its own for `source: trained`; for `source: checkpoint`, the
+    entry of the organism it is a checkpoint `of` (shape, seed, recipe) with its own source, `of` and `step`."""
+    entry = models[name]
+    if entry["source"] != "checkpoint":
+        return dict(entry)
+    return {**models[entry["of"]], "source": "checkpoint", "of": entry["of"], "step": entry["step"]}
+
+
 def organism_spec(name: str, entry: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]]) -> Any:
-    """The ModelSpec of a `source: trained` config entry, its recipe carrying the configured vocabularies
-    (templates, names, colours, ...) of the tasks it trains on, so the organism learns the prompts it meets."""
+    """The ModelSpec of a `source: trained` entry (or of a checkpoint's, from `organism_entry`), its recipe
+    carrying the configured vocabularies (templates, names, colours, ...) of the tasks it trains on, so the
+    organism learns the prompts it meets."""
     from circuit_reuse.models import ModelSpec
 
     options = {
@@ -342,10 +352,11 @@ def organism_spec(name: str, entry: Mapping[str, Any], tasks: Mapping[str, Mappi
 
 
 def build_organism(spec: Any, work: str | Path, tokenizer_dir: str | Path | None) -> pd.DataFrame:
-    """Train the organism a `source: trained` ModelSpec describes into `work` (see cache_model).
+    """Train the organism a `source: trained` or `checkpoint` ModelSpec describes into `work` (see cache_model).
 
     The spec's `seed` seeds everything (initialisation, batch order, the training prompts); its
-    `overrides` give the shape; its `training` entry is the recipe.
+    `overrides` give the shape; its `training` entry is the recipe. A checkpoint stops after its `step`:
+    the organism as its full training had it then, learning rate schedule included.
     """
     from circuit_reuse.models import ModelCacheError, random_gpt2_config
 
@@ -357,16 +368,23 @@ def build_organism(spec: Any, work: str | Path, tokenizer_dir: str | Path | None
     recipe = TrainingRecipe.from_config({**spec.training, "seed": spec.seed})
     # No dropout: the training prompts are plentiful, and the weights then depend on `seed` alone.
     config = random_gpt2_config(spec.architecture, **spec.overrides, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return train_organism(config, recipe, tokenizer_dir, work)
+    return train_organism(config, recipe, tokenizer_dir, work, stop_after=spec.step)
 
 
 def train_organism(
-    gpt2_config: Any, recipe: TrainingRecipe, tokenizer: Any, out_dir: str | Path, progress: bool = True
+    gpt2_config: Any,
+    recipe: TrainingRecipe,
+    tokenizer: Any,
+    out_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
 ) -> pd.DataFrame:
     """Train a GPT-2 of `gpt2_config`'s shape by `recipe`; save it (safetensors) and its curve in `out_dir`.
 
     Returns the training curve: per evaluation step and task, the learning rate, the mean training loss at
     END and accuracy since the previous evaluation, and the held-out loss and accuracy at END.
+    `stop_after` (at most recipe.steps) ends training after that many of the recipe's steps, evaluated
+    there: the same weights the whole run has at that step, since nothing before it depends on the end.
     """
     from tqdm.auto import tqdm
     from transformers import GPT2LMHeadModel
@@ -374,6 +392,9 @@ def train_organism(
     from circuit_reuse.datasets.vocab import as_tokenizer
 
     recipe.check()
+    last_step = recipe.steps if stop_after is None else stop_after
+    if not 1 <= last_step <= recipe.steps:
+        raise TrainingError(f"stop_after: {stop_after} is not a step of the recipe's 1..{recipe.steps}")
     tokenizer = as_tokenizer(tokenizer)
     pad = tokenizer.eos_token_id
     tasks = sorted(task for task, weight in recipe.tasks.items() if weight > 0)  # key order changes nothing
@@ -417,7 +438,7 @@ def train_organism(
     rows = []
     # Each task's share of every step's loss (its whole prompts and, where it has them, its skeletons).
     loss_shares = {task: recipe.tasks[task] / sum(recipe.tasks[t] for t in tasks) for task in tasks}
-    bar = tqdm(range(recipe.steps), desc="training", unit="step", disable=not progress, smoothing=0.05)
+    bar = tqdm(range(last_step), desc="training", unit="step", disable=not progress, smoothing=0.05)
     for step in bar:
         rate = learning_rate(step, recipe)
         for group in optimizer.param_groups:
@@ -436,7 +457,7 @@ def train_organism(
                 (recipe.skeleton_weight * skeleton_loss * loss_shares[task]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == last_step:
             model.eval()
             with torch.no_grad():
                 for task in tasks:
@@ -470,6 +491,7 @@ def train_organism(
 
 __all__ = [
     "build_organism",
+    "organism_entry",
     "organism_spec",
     "CURVE_NAME",
     "TRAINING_SEED_BASE",

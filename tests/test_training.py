@@ -140,6 +140,43 @@ def test_training_belongs_to_trained_models_only():
     assert "models.org" in _error(config)
 
 
+def _with_checkpoint(**checkpoint):
+    config = _config()
+    config["models"]["org-step3"] = {"source": "checkpoint", "of": "org", "step": 3, **checkpoint}
+    return config
+
+
+def test_a_checkpoint_takes_its_organisms_shape_and_recipe():
+    config = validate_config(_with_checkpoint())
+    assert config["models"]["org-step3"] == {"source": "checkpoint", "of": "org", "step": 3}
+    entry = training.organism_entry(config["models"], "org-step3")
+    assert entry == {**config["models"]["org"], "source": "checkpoint", "of": "org", "step": 3}
+    spec = organism_spec("org-step3", entry, TASKS)
+    assert (spec.source, spec.of, spec.step, spec.overrides) == ("checkpoint", "org", 3, TINY_SHAPE)
+    assert spec.training["steps"] == 4  # the organism's schedule, which the checkpoint stops part way through
+    config["intervention"] = {"heads": {"org-step3": {"inhibition": [[1, 0]]}}}  # organism-a has 1 layer
+    assert "intervention.heads.org-step3.inhibition[0]: head 1.0 is outside org-step3 (1 layers" in _error(config)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "named"),
+    [
+        ({"of": "nothing"}, "models.org-step3.of: 'nothing' is not an organism of this config"),
+        ({"step": 4}, "models.org-step3.step: 4 is not below org's 4 training steps"),
+        ({"step": 0}, "models.org-step3.step: 0 is less than the minimum of 1"),
+        ({"seed": 1}, "models.org-step3.seed: does not apply to source 'checkpoint'"),
+    ],
+)
+def test_a_checkpoint_of_no_organism_or_past_its_training_is_named(checkpoint, named):
+    assert named in _error(_with_checkpoint(**checkpoint))
+
+
+def test_a_checkpoint_needs_its_organism_and_step():
+    config = _config()
+    config["models"]["org-step3"] = {"source": "checkpoint", "of": "org"}
+    assert "models.org-step3: 'step' is a required property" in _error(config)
+
+
 def test_task_seeds_stay_below_the_training_seeds():
     config = _config()
     config["tasks"]["ioi"]["seed"] = TRAINING_SEED_BASE
@@ -340,6 +377,26 @@ def test_an_interrupted_training_leaves_nothing_a_later_job_trusts(tmp_path, tok
     monkeypatch.setattr(training, "train_organism", real)
     manifest = cache_model(_spec(), dest, tokenizer_dir=tokenizer_dir)
     assert verify_cache(dest) == manifest
+
+
+def test_a_checkpoint_is_the_organism_at_its_step(tmp_path, tokenizer_dir):
+    # Evaluated every step, the two curves agree where both have a row only if the weights do: the held-out
+    # losses are functions of the weights at that step. The schedule is the organism's, not one ending at 3.
+    entry = {"source": "trained", "overrides": TINY_SHAPE, "training": {**TINY_TRAINING, "eval_every": 1}}
+    models = {"org": entry, "org-step3": {"source": "checkpoint", "of": "org", "step": 3}}
+    organism, checkpoint = (organism_spec(name, training.organism_entry(models, name), TASKS) for name in models)
+    whole = cache_model(organism, tmp_path / "org", tokenizer_dir=tokenizer_dir)
+    early = cache_model(checkpoint, tmp_path / "org-step3", tokenizer_dir=tokenizer_dir)
+    whole_curve = pd.read_csv(tmp_path / "org" / training.CURVE_NAME)
+    early_curve = pd.read_csv(tmp_path / "org-step3" / training.CURVE_NAME)
+    assert early_curve["step"].tolist() == [1, 1, 2, 2, 3, 3]
+    # (check_dtype: a CSV column of zeros reads back as integers)
+    pd.testing.assert_frame_equal(early_curve, whole_curve[whole_curve["step"] <= 3], check_dtype=False)
+    rate = learning_rate(2, TrainingRecipe.from_config(entry["training"]))
+    assert early_curve["learning_rate"].iloc[-1] == pytest.approx(rate, rel=1e-5)
+    assert early["files"]["model.safetensors"] != whole["files"]["model.safetensors"]
+    assert (early["spec"]["source"], early["spec"]["of"], early["spec"]["step"]) == ("checkpoint", "org", 3)
+    assert "of" not in whole["spec"] and "step" not in whole["spec"]  # older organisms' manifests still match
 
 
 def test_an_organism_needs_the_tokenizer(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 
 from circuit_reuse.discovery import StageError, parse_stages
+from circuit_reuse.training import organism_entry
 
 
 def model_dir(model):
@@ -23,8 +24,10 @@ def training_curve_path(model):
     return f"{model_dir(model)}/training_curve.csv"
 
 
-# Organisms (source: trained) are trained by a compute job; every other model is fetched by cache_model.
-TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "trained"]
+# Organisms (source: trained) and their checkpoints (source: checkpoint, the same training stopped early)
+# are trained by a compute job; every other model is fetched by cache_model.
+ORGANISMS = [m for m in MODELS if config["models"][m]["source"] == "trained"]
+TRAINED_MODELS = [m for m in MODELS if config["models"][m]["source"] in ("trained", "checkpoint")]
 FETCHED_MODELS = [m for m in MODELS if m not in TRAINED_MODELS]
 
 

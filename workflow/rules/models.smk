@@ -25,7 +25,8 @@ rule cache_model:
 
 # An organism: a small GPT-2 trained on the tasks' own generators (circuit_reuse/training.py), on the CPU
 # threads of a model job, into a temporary directory renamed into place when it is done. Its training
-# prompts use the workflow's cached tokenizer and the tasks' configured vocabularies.
+# prompts use the workflow's cached tokenizer and the tasks' configured vocabularies. A checkpoint of an
+# organism is its own job, the organism's training run up to the checkpoint's step.
 rule train_model:
     wildcard_constraints:
         model=one_of(TRAINED_MODELS),
@@ -35,7 +36,7 @@ rule train_model:
         manifest=model_manifest("{model}"),
         curve=training_curve_path("{model}"),
     params:
-        spec=lambda wildcards: config["models"][wildcards.model],
+        spec=lambda wildcards: organism_entry(config["models"], wildcards.model),
         tasks=config["tasks"],
     threads: job_threads("model")
     resources:

@@ -319,19 +319,20 @@ rule notebook_faithfulness:
 ALL_TARGETS.extend(f"{FIGURES_DIR}/faithfulness/{m}.png" for m in MODELS)
 
 
-if TRAINED_MODELS:
+# A checkpoint's curve is the start of its organism's: the figure draws the organisms.
+if ORGANISMS:
 
     rule notebook_training_curves:
         input:
             notebook=notebook_source("09_training_curves"),
-            curves=[training_curve_path(m) for m in TRAINED_MODELS],
+            curves=[training_curve_path(m) for m in ORGANISMS],
         output:
             notebook=executed_notebook("09_training_curves"),
             **figure_outputs("training_curves", "training_curves", "0. Model organisms"),
             **table_outputs("training_curves"),
         params:
             parameters=lambda wildcards, input, output: {
-                "models": list(TRAINED_MODELS),
+                "models": list(ORGANISMS),
                 "curves": list(input.curves),
                 **stems(output),
             },
