@@ -74,9 +74,7 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     """Every cross-key problem of a schema-valid config with its defaults filled in."""
     checkpoint_problems = _checkpoint_problems(config)
     # A checkpoint has its organism's shape, which that organism's own entry is checked for.
-    shapes = {
-        name: model_shape(entry) for name, entry in config["models"].items() if entry["source"] != "checkpoint"
-    }
+    shapes = {name: model_shape(entry) for name, entry in config["models"].items() if entry["source"] != "checkpoint"}
     checks = [*_shape_problems(config, shapes), *checkpoint_problems]
     if not checkpoint_problems:
         for name, entry in config["models"].items():

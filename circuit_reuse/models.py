@@ -152,8 +152,7 @@ def cache_model(
             build_organism(spec, work, tokenizer_path)
         else:
             raise ModelCacheError(
-                f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random, trained, "
-                "checkpoint"
+                f"model {spec.name!r}: unknown source {spec.source!r}; allowed: hub, local, random, trained, checkpoint"
             )
         if not any((work / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             if tokenizer_path is None:
