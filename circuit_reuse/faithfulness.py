@@ -36,12 +36,12 @@ from circuit_reuse.circuits import Head
 from circuit_reuse.datasets import TaskDataset
 from circuit_reuse.edits import ablation_hooks, check_heads
 from circuit_reuse.evaluation import end_logits, task_metric
-from circuit_reuse.statistics import keyed_rng
+from circuit_reuse.statistics import bootstrap_means, keyed_rng, percentile_interval
 
 CURVE_PERCENTS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 PROMPT_COLUMNS = ["circuit", "n_heads", "ablation", "prompt", "metric_circuit", "metric_model", "metric_empty", "f"]
 SUMMARY_COLUMNS = [
-    "circuit", "n_heads", "ablation", "n", "metric_circuit", "metric_model", "metric_empty", "f",
+    "circuit", "n_heads", "ablation", "n", "metric_circuit", "metric_model", "metric_empty", "f", "f_low", "f_high",
     "f_prompt_mean", "f_prompt_median", "f_prompt_p5", "f_prompt_p95",
 ]  # fmt: skip
 
@@ -113,17 +113,30 @@ def _measure(model, batch: TaskDataset, keep, replacement: torch.Tensor) -> torc
     return task_metric(end_logits(model, batch.clean_tokens, batch.end, hooks), batch).cpu()
 
 
-def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
-    """One row per (circuit, ablation): mean metrics, f from the means, and the per-prompt f's distribution.
+def f_interval(group: pd.DataFrame, n_resamples: int, level: float, seed: int) -> tuple[float, float]:
+    """The percentile bootstrap interval of f from the means: the prompts resampled, the three metrics of
+    a prompt together; resamples where m(M) = m(empty) have no f and are left out."""
+    metrics = group[["metric_circuit", "metric_model", "metric_empty"]].to_numpy(dtype=np.float64).T
+    circuit, model, empty = bootstrap_means(metrics, n_resamples, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (circuit - empty) / (model - empty)
+    return percentile_interval(f[np.isfinite(f)], level)
+
+
+def summarize(per_prompt: pd.DataFrame, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """One row per (circuit, ablation): mean metrics, f from the means with its bootstrap interval over the
+    prompts (`f_interval`: f_low, f_high at `level`), and the per-prompt f's distribution.
 
     Per-prompt f is undefined where m(M) = m(empty) on that prompt; those prompts are left out of its
-    mean, median and percentiles (not of the means).
+    mean, median and percentiles (not of the means). Every circuit's interval draws the same resamples
+    (one seed), so the intervals of two circuits on one task are paired.
     """
     rows = []
     for (circuit, ablation), group in per_prompt.groupby(["circuit", "ablation"], sort=False):
         circuit_mean, model_mean, empty_mean = (
             group[c].mean() for c in ("metric_circuit", "metric_model", "metric_empty")
         )
+        f_low, f_high = f_interval(group.sort_values("prompt"), n_resamples, level, seed)
         f = group["f"].replace([np.inf, -np.inf], np.nan).dropna().to_numpy()
         rows.append(
             {
@@ -135,6 +148,8 @@ def summarize(per_prompt: pd.DataFrame) -> pd.DataFrame:
                 "metric_model": model_mean,
                 "metric_empty": empty_mean,
                 "f": (circuit_mean - empty_mean) / (model_mean - empty_mean) if model_mean != empty_mean else np.nan,
+                "f_low": f_low,
+                "f_high": f_high,
                 "f_prompt_mean": f.mean() if f.size else np.nan,
                 "f_prompt_median": np.median(f) if f.size else np.nan,
                 "f_prompt_p5": np.percentile(f, 5) if f.size else np.nan,
@@ -211,6 +226,8 @@ class FaithfulnessSettings:
     curve_percents: tuple[float, ...]
     seed: int
     batch_size: int
+    bootstrap_samples: int = 2000
+    ci_level: float = 0.95
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ablations) - set(ABLATIONS))
@@ -226,6 +243,8 @@ class FaithfulnessSettings:
             curve_percents=tuple(section["curve_percents"]),
             seed=section["seed"],
             batch_size=section["batch_size"],
+            bootstrap_samples=section["bootstrap_samples"],
+            ci_level=section["ci_level"],
         )
 
 
@@ -279,7 +298,7 @@ def faithfulness_experiment(
         ],
         ignore_index=True,
     )
-    summary = summarize(prompts)
+    summary = summarize(prompts, settings.bootstrap_samples, settings.ci_level, settings.seed)
     tables = {"prompts": prompts, "summary": summary}
     for name, table in tables.items():
         described = pd.DataFrame([descriptors[c] for c in table["circuit"]], index=table.index)

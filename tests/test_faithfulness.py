@@ -242,3 +242,41 @@ def test_experiment_tables_describe_every_circuit(model, ioi):
         assert (group["cpr"] == cpr).all() and (group["cmd"] == cmd).all()
     top = summary.set_index(["circuit", "ablation"])
     assert top.loc[("top 25%", "mean"), "n_heads"] == 2  # heads 1.3 and 1.2, the largest importance
+
+
+def _prompt_table(circuit, model, empty, name="c"):
+    n = len(circuit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (np.asarray(circuit) - empty) / (np.asarray(model) - empty)
+    return pd.DataFrame(
+        {
+            "circuit": name, "n_heads": 1, "ablation": "mean", "prompt": np.arange(n), "metric_circuit": circuit,
+            "metric_model": model, "metric_empty": empty, "f": f,
+        }
+    )  # fmt: skip
+
+
+def test_f_interval_is_a_point_where_every_resample_gives_the_same_f():
+    model = np.array([2.0, 3.0, 5.0, 1.5, 4.0])
+    empty = np.array([0.5, -1.0, 1.0, 0.0, 2.0])
+    whole = summarize(_prompt_table(model, model, empty), n_resamples=500).iloc[0]
+    nothing = summarize(_prompt_table(empty, model, empty), n_resamples=500).iloc[0]
+    assert (whole["f"], whole["f_low"], whole["f_high"]) == (pytest.approx(1), pytest.approx(1), pytest.approx(1))
+    assert (nothing["f"], nothing["f_low"], nothing["f_high"]) == (0, 0, 0)
+    half = summarize(_prompt_table(empty + (model - empty) / 2, model, empty), n_resamples=500).iloc[0]
+    assert half["f_low"] == pytest.approx(0.5) and half["f_high"] == pytest.approx(0.5)
+
+
+def test_f_interval_holds_f_narrows_with_more_prompts_and_is_seeded():
+    rng = np.random.default_rng(0)
+    model, empty = rng.normal(3, 1, 40), rng.normal(0, 1, 40)
+    circuit = empty + (model - empty) * rng.uniform(0, 1, 40)
+    few = summarize(_prompt_table(circuit, model, empty), n_resamples=1000, seed=3).iloc[0]
+    assert few["f_low"] < few["f"] < few["f_high"]
+    many = summarize(_prompt_table(*(np.tile(x, 16) for x in (circuit, model, empty))), n_resamples=1000).iloc[0]
+    assert many["f"] == pytest.approx(few["f"])
+    assert many["f_high"] - many["f_low"] < (few["f_high"] - few["f_low"]) / 2  # about 1/sqrt(16) as wide
+    again = summarize(_prompt_table(circuit, model, empty), n_resamples=1000, seed=3).iloc[0]
+    assert (again["f_low"], again["f_high"]) == (few["f_low"], few["f_high"])
+    level = summarize(_prompt_table(circuit, model, empty), n_resamples=1000, level=0.5, seed=3).iloc[0]
+    assert few["f_low"] < level["f_low"] < level["f_high"] < few["f_high"]
