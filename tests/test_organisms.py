@@ -11,6 +11,11 @@ circuits (the random sets match it), and the intervention moving accuracy more o
 than on random ones (both organisms answer 100% of the Colored Objects prompts, so an override can only
 break answers, and the discovered heads break fewer than random ones).
 
+The config's checkpoints (organisms part way through training, where Colored Objects is half learned) run
+through every rule too. They are asserted to be their organisms at their step, but none of their numbers is
+asserted. Those numbers are in the README: the intervention lowers their accuracy, and where a checkpoint
+reaches a given accuracy depends on the processor.
+
 One module-scoped run (training included) serves every test; CIRCUIT_REUSE_ORGANISMS_RUN names a finished
 run of this config to check instead.
 """
@@ -83,25 +88,41 @@ def run(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
     return run_dir, snakefile
 
 
-def _models() -> list[str]:
-    return list(yaml.safe_load(CONFIG.read_text())["models"])
+def _models(*sources: str) -> list[str]:
+    """The config's models of these sources (trained: the organisms; checkpoint: theirs), or all of them."""
+    models = yaml.safe_load(CONFIG.read_text())["models"]
+    return [name for name, entry in models.items() if not sources or entry["source"] in sources]
 
 
 def test_every_organism_is_cached_with_its_training_curve_and_figure(run):
     run_dir, _ = run
-    for model in _models():
+    for model in _models("trained"):
         manifest = verify_cache(run_dir / f"results/models/{model}")
         assert manifest["spec"]["source"] == "trained"
         curve = pd.read_csv(run_dir / f"results/models/{model}/training_curve.csv")
         assert set(curve["task"]) == set(TASKS)
     assert (run_dir / "figures/training_curves.png").stat().st_size > 1000
-    assert len(pd.read_csv(run_dir / "results/tables/training_curves.csv")) == len(_models()) * len(TASKS)
+    assert len(pd.read_csv(run_dir / "results/tables/training_curves.csv")) == len(_models("trained")) * len(TASKS)
+
+
+def test_every_checkpoint_is_its_organism_at_its_step(run):
+    # The held-out losses at every evaluation up to the checkpoint's step are functions of the weights then:
+    # equal curves are the same training, which the checkpoint stopped early.
+    run_dir, _ = run
+    assert _models("checkpoint")
+    for model in _models("checkpoint"):
+        spec = verify_cache(run_dir / f"results/models/{model}")["spec"]
+        assert spec["source"] == "checkpoint"
+        early = pd.read_csv(run_dir / f"results/models/{model}/training_curve.csv")
+        whole = pd.read_csv(run_dir / f"results/models/{spec['of']}/training_curve.csv")
+        assert early["step"].max() == spec["step"] < whole["step"].max()
+        pd.testing.assert_frame_equal(early, whole[whole["step"] <= spec["step"]], check_dtype=False)
 
 
 def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
     run_dir, _ = run
     baselines = read_parquet(run_dir / "results/tables/baselines.parquet").set_index(["model", "task", "condition"])
-    for model in _models():
+    for model in _models("trained"):
         for task in TASKS:
             # Corrupted prompts (IOI: S2 -> IO; Colored Objects: another object asked) answer the corrupted
             # question: the organism follows the corruption, so the metric flips sign.
@@ -113,7 +134,7 @@ def test_every_organism_does_both_tasks_on_the_evaluation_prompts(run):
 
 def test_each_colored_objects_circuit_is_more_faithful_than_random_circuits_of_its_layers(run):
     run_dir, _ = run
-    for model in _models():
+    for model in _models("trained"):
         for task in FAITHFULNESS_TASKS:
             summary = read_parquet(run_dir / f"results/faithfulness/{model}/{task}.summary.parquet")
             own_task = summary[(summary["ablation"] == "mean") & (summary["circuit_task"] == task)]
@@ -138,6 +159,8 @@ def test_attribution_patching_is_compared_on_every_stage_and_ranks_the_movers_as
             )
             timed = times[(times["task"] == task) & (times["n_prompts"] > 0)]
             assert set(timed["method"]) == {"exact", "eap", "eap_ig"} and (timed["wall_s"] >= 0).all()
+            if model not in _models("trained"):
+                continue  # checkpoints: measured in the README, not asserted
             movers = rows[(rows["stage"] == "movers") & (rows["method"] == "eap")].iloc[0]
             assert movers["spearman"] >= EAP_MOVERS_SPEARMAN_FLOOR, (model, task, movers["spearman"])
             assert movers["recall"] >= 0.5, (model, task, movers["only_exact"])
