@@ -31,6 +31,7 @@ on its weights.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -49,8 +50,10 @@ from circuit_reuse.patching import (
     _progress,
     job_metric,
     path_patch,
+    path_patch_reference,
     prepare_job,
 )
+from circuit_reuse.weights import fast_path_problem
 
 # How a stage's scores are computed: exact path patching (the paper's) or one of its gradient estimates.
 METHODS = {
@@ -137,7 +140,13 @@ def score_heads(
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     arguments = (model, clean_tokens, corrupted_tokens, answer_tokens, receivers, position, freeze_mlps)
     if method == "exact":
-        return path_patch(*arguments, **options)
+        why_not = fast_path_problem(model)
+        if why_not is None:
+            return path_patch(*arguments, **options)
+        warnings.warn(f"{why_not}; the exact scorer runs path_patch_reference (slower, the same scores)", stacklevel=2)
+        # The reference computes every sender of a pass at once; it has no chunks of senders to bound.
+        options.pop("sender_chunk", None)
+        return path_patch_reference(*arguments, **options)
     steps = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
     return attribution_patch(*arguments, method=method, ig_steps=steps, **options)
 

@@ -6,7 +6,7 @@ END from that layer up, and END there attends to the clean run's keys and values
 position. `run_end_edits` makes one clean forward pass over a batch of prompts, keeps those keys and
 values and END's residual stream, then recomputes END alone, from each edit set's lowest edited layer up,
 for many edit sets at once (one "row" each), the way the fast path patching recomputes its window
-(`circuit_reuse.patching`, whose weights, LayerNorm, MLP and clean forward pass it uses).
+(`circuit_reuse.patching`; both compute from `circuit_reuse.weights`, whose clean forward pass it uses).
 
 The engine knows nothing of conditions or dataset roles: an edit set is a list of `EndEdit`s, each a
 layer, some heads and a function on those heads' attention rows at END, [batch, heads, keys] with keys
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_reuse.patching import GPT2Weights, forward_capturing, layer_norm, mlp_out
+from circuit_reuse.weights import ModelWeights, fast_path_problem, forward_capturing
 
 # An edit of attention rows [batch, heads, keys] -> the edited rows, same shape.
 RowEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -52,29 +52,23 @@ class EndRun:
 
 
 def supports(model) -> bool:
-    """Whether `run_end_edits` implements this model's architecture (GPT-2 through the bridge)."""
-    try:
-        GPT2Weights(model)
-    except NotImplementedError:
-        return False
-    return True
+    """Whether `run_end_edits` implements this model's family and config (`circuit_reuse.families`)."""
+    return fast_path_problem(model) is None
 
 
-def final_scale(weights: GPT2Weights, final: torch.Tensor) -> torch.Tensor:
-    """The final LayerNorm's scale sqrt(var + eps) of residual rows [..., d] (the bridge's ln_final.hook_scale)."""
-    centred = final - final.mean(-1, keepdim=True)
-    return (centred.pow(2).mean(-1) + weights.eps).sqrt()
+def final_scale(weights: ModelWeights, final: torch.Tensor) -> torch.Tensor:
+    """The final norm's scale of residual rows [..., d] (the bridge's ln_final.hook_scale)."""
+    return weights.norm_scale(final)
 
 
-def final_logits(weights: GPT2Weights, final: torch.Tensor) -> torch.Tensor:
+def final_logits(weights: ModelWeights, final: torch.Tensor) -> torch.Tensor:
     """Logits [..., d_vocab] from final residual rows [..., d]."""
-    x = layer_norm(final, weights.lnf_w, weights.lnf_b, weights.eps)
-    return x @ weights.model.W_U + weights.model.b_U
+    return weights.final_norm(final) @ weights.W_U + weights.b_U
 
 
 @torch.no_grad()
 def run_end_edits(
-    weights: GPT2Weights,
+    weights: ModelWeights,
     tokens: torch.Tensor,
     end: torch.Tensor,
     edit_sets: Sequence[Sequence[EndEdit]],
@@ -89,7 +83,7 @@ def run_end_edits(
     """
     readout = {layer: tuple(heads) for layer, heads in sorted((readout or {}).items())}
     B, T = tokens.shape
-    n_layers, H, dh, d = weights.n_layers, weights.n_heads, weights.d_head, weights.d_model
+    n_layers, d = weights.n_layers, weights.d_model
     for edits in edit_sets:
         for e in edits:
             if not 0 <= e.layer < n_layers:
@@ -109,7 +103,7 @@ def run_end_edits(
         if layer < first:
             return
         if what in ("k", "v"):
-            clean[what, layer] = activation.transpose(1, 2)  # [B, H, T, dh]
+            clean[what, layer] = weights.expand_groups(activation, 2).transpose(1, 2)  # [B, H, T, dh]
         elif what == "resid_pre" and layer in starts:
             clean["resid", layer] = activation[prompts, end]
 
@@ -129,9 +123,10 @@ def run_end_edits(
         if starting:
             resid[starting] = clean["resid", layer]
         w = weights.layer(layer)
-        x = layer_norm(resid[:active], w.ln1_w, w.ln1_b, weights.eps)
-        qkv = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(active, B, 3, H, dh)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in qkv.unbind(dim=2))  # [B, H, active, dh]
+        q, k, v = weights.split_qkv(weights.project_qkv(layer, weights.norm(resid[:active], w.norm1_w, w.norm1_b)))
+        q, k = weights.rotate(q, end), weights.rotate(k, end)  # [active, B, heads, dh]
+        k, v = weights.expand_groups(k, 2), weights.expand_groups(v, 2)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [B, H, active, dh]
         q = q * weights.scale
         clean_k, clean_v = clean["k", layer], clean["v", layer]
         # END's own key and value are the row's; every earlier position's are the clean run's.
@@ -145,9 +140,9 @@ def run_end_edits(
             heads = list(readout[layer])
             patterns[layer] = pattern[:, heads].permute(2, 0, 1, 3)  # [R, B, heads, T]
             zs[layer] = z[:, heads].permute(2, 0, 1, 3)
-        z = z.permute(2, 0, 1, 3).reshape(active * B, H * dh)
-        resid[:active] += torch.addmm(w.b_O, z, w.W_O.reshape(H * dh, d)).reshape(active, B, d)
-        resid[:active] += mlp_out(weights, layer, resid[:active])
+        resid[:active] = weights.block_output(
+            layer, resid[:active], weights.attention_output(layer, z.permute(2, 0, 1, 3))
+        )
     back = torch.tensor([rank[row] for row in range(R)], dtype=torch.long, device=tokens.device)
     return EndRun(
         final=resid[back],

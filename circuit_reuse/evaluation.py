@@ -44,9 +44,9 @@ from circuit_reuse.datasets.core import DatasetError, TaskDataset
 from circuit_reuse.datasets.vocab import encode
 from circuit_reuse.edits import Condition, EditError, Hook, heads_by_layer, role_positions
 from circuit_reuse.models import model_device
-from circuit_reuse.patching import GPT2Weights
 from circuit_reuse.readouts import head_rows, readout_hooks, readout_weights
 from circuit_reuse.statistics import bootstrap_ci
+from circuit_reuse.weights import ModelWeights
 
 CONDITIONS = ("clean", "corrupted")
 SUMMARY_COLUMNS = [
@@ -270,8 +270,9 @@ ENGINES = ("auto", "fast", "hooks")
 def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], engine: str = "auto") -> str:
     """How `run_conditions` computes: "fast" (`circuit_reuse.end_edits`) or "hooks" (the reference).
 
-    "auto" takes the fast engine where it applies, a GPT-2 model with every edit at END; "fast" insists on
-    it and says why it does not apply. Both give the same tables (tests/test_end_edits.py).
+    "auto" takes the fast engine where it applies, a model whose family it implements (`end_edits.supports`)
+    with every edit at END; "fast" insists on it and says why it does not apply.
+    Both give the same tables (tests/test_end_edits.py).
     """
     if engine not in ENGINES:
         raise EditError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -279,7 +280,7 @@ def choose_engine(model, dataset: TaskDataset, conditions: Sequence[Condition], 
         return engine
     why_not = None
     if not end_edits.supports(model):
-        why_not = "the model is not a GPT-2 the fast engine implements"
+        why_not = "the fast engine does not implement this model's family or config (circuit_reuse.families)"
     else:
         for condition in conditions:
             for edit in condition.edits:
@@ -294,7 +295,7 @@ def _end_only_logits(model, conditions: Sequence[Condition], readout_layers, see
     """`_end_tables`' batch_logits for the END-only engine: one clean pass per batch, then END alone per
     condition; before each condition's logits are yielded, `seen` holds its readouts as `readout_hooks`
     would have recorded them."""
-    weights = GPT2Weights(model)
+    weights = ModelWeights(model)
 
     def batch_logits(batch: TaskDataset) -> Iterator[torch.Tensor]:
         device = model_device(model)

@@ -46,12 +46,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from circuit_reuse.hook_names import FINAL_RESIDUAL, HEAD_INPUTS, head_input, head_output, mlp_output
 from circuit_reuse.metrics import LogitDifference, Metric, pair_tokens
 from circuit_reuse.models import model_device
+from circuit_reuse.weights import ModelWeights, forward_capturing
 
 LOGITS = "logits"
 DEFAULT_BATCH_SIZE = 32
@@ -100,6 +100,7 @@ class PatchJob:
     freeze_mlps: bool
     n_layers: int
     n_heads: int
+    kv_group: int = 1  # query heads per key/value group (grouped-query attention; 1 otherwise)
 
     @property
     def to_logits(self) -> bool:
@@ -132,6 +133,7 @@ class PatchJob:
                     freeze_mlps=self.freeze_mlps,
                     n_layers=self.n_layers,
                     n_heads=self.n_heads,
+                    kv_group=self.kv_group,
                 ),
             )
 
@@ -251,6 +253,7 @@ def prepare_job(
         freeze_mlps=freeze_mlps,
         n_layers=n_layers,
         n_heads=n_heads,
+        kv_group=n_heads // (getattr(cfg, "n_key_value_heads", None) or n_heads),
     )
 
 
@@ -512,12 +515,13 @@ def _reference_batch(model, job: PatchJob, prompts: slice, effects: PromptEffect
 
 
 def _receiver_hook_names(job: PatchJob) -> dict[str, list[int]]:
-    """Hook name -> receiver heads read or written there ({final residual: []} for logits)."""
+    """Hook name -> receiver heads read or written there ({final residual: []} for logits). A k or v receiver
+    is its head's key/value group, the index of hook_k/hook_v under grouped-query attention."""
     if job.to_logits:
         return {FINAL_RESIDUAL: []}
     names: dict[str, list[int]] = {}
     for layer, head, component in job.receivers:
-        names.setdefault(head_input(layer, component), []).append(head)
+        names.setdefault(head_input(layer, component), []).append(head if component == "q" else head // job.kv_group)
     return names
 
 
@@ -585,120 +589,11 @@ def _reference_receiver_run(model, job, recorded, rows) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LayerWeights:
-    """One GPT-2 block's parameters, laid out for batched row-major matmuls."""
-
-    ln1_w: torch.Tensor
-    ln1_b: torch.Tensor
-    W_qkv: torch.Tensor  # [d_model, 3 * n_heads * d_head]: all heads' q, then k, then v
-    b_qkv: torch.Tensor  # [3 * n_heads * d_head]
-    W_O: torch.Tensor  # [n_heads, d_head, d_model]
-    b_O: torch.Tensor
-    ln2_w: torch.Tensor
-    ln2_b: torch.Tensor
-    W_in: torch.Tensor  # [d_model, d_mlp]
-    b_in: torch.Tensor
-    W_out: torch.Tensor  # [d_mlp, d_model]
-    b_out: torch.Tensor
-
-
-class GPT2Weights:
-    """The weights the fast path needs, read from a TransformerBridge over a Hugging Face GPT-2.
-
-    Blocks are read on first use, so a job touching a few layers copies only those.
-    """
-
-    def __init__(self, model):
-        _check_supported(model)
-        cfg = model.cfg
-        self.model = model
-        self.n_layers, self.n_heads, self.d_head, self.d_model = cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model
-        self.eps = cfg.eps
-        self.scale = 1.0 / math.sqrt(cfg.d_head)
-        self.lnf_w, self.lnf_b = model.ln_final.w, model.ln_final.b
-        self._layers: dict[int, LayerWeights] = {}
-
-    def layer(self, index: int) -> LayerWeights:
-        if index not in self._layers:
-            block = self.model.blocks[index]
-            attn, mlp = block.attn, block.mlp
-            d, hd = self.d_model, self.n_heads * self.d_head
-
-            def heads_to_columns(w):  # [n_heads, d_model, d_head] -> [d_model, n_heads * d_head]
-                return w.permute(1, 0, 2).reshape(d, hd)
-
-            self._layers[index] = LayerWeights(
-                ln1_w=block.ln1.w,
-                ln1_b=block.ln1.b,
-                W_qkv=torch.cat([heads_to_columns(w) for w in (attn.W_Q, attn.W_K, attn.W_V)], dim=1).contiguous(),
-                b_qkv=torch.cat([b.reshape(hd) for b in (attn.b_Q, attn.b_K, attn.b_V)]),
-                W_O=attn.W_O.contiguous(),
-                b_O=attn.b_O,
-                ln2_w=block.ln2.w,
-                ln2_b=block.ln2.b,
-                W_in=mlp.W_in.contiguous(),
-                b_in=mlp.b_in,
-                W_out=mlp.W_out.contiguous(),
-                b_out=mlp.b_out,
-            )
-        return self._layers[index]
-
-    def qkv_columns(self, layer: int, heads_components: Sequence[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """W and b of the q/k/v projections of some heads, side by side: [d_model, n * d_head], [n * d_head]."""
-        w = self.layer(layer)
-        cols = [self._qkv_slice(head, component) for head, component in heads_components]
-        return torch.cat([w.W_qkv[:, c] for c in cols], dim=1), torch.cat([w.b_qkv[c] for c in cols])
-
-    def _qkv_slice(self, head: int, component: str) -> slice:
-        start = HEAD_INPUTS.index(component) * self.n_heads * self.d_head + head * self.d_head
-        return slice(start, start + self.d_head)
-
-
-def _check_supported(model) -> None:
-    cfg = model.cfg
-    hf_config = getattr(getattr(model, "original_model", None), "config", None)
-    problems = []
-    if getattr(cfg, "normalization_type", "LN") != "LN":
-        problems.append(f"normalization {cfg.normalization_type}")
-    if getattr(cfg, "act_fn", "gelu_new") != "gelu_new":
-        problems.append(f"activation {cfg.act_fn}")
-    if getattr(cfg, "positional_embedding_type", "standard") != "standard":
-        problems.append(f"positional embedding {cfg.positional_embedding_type}")
-    if getattr(cfg, "attn_only", False):
-        problems.append("attention-only blocks")
-    if hf_config is not None:
-        if getattr(hf_config, "model_type", "gpt2") != "gpt2":
-            problems.append(f"model type {hf_config.model_type}")
-        if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
-            problems.append("scale_attn_by_inverse_layer_idx")
-        if not getattr(hf_config, "scale_attn_weights", True):
-            problems.append("unscaled attention")
-    if problems:
-        raise NotImplementedError(
-            f"the fast path patching implements GPT-2 only; this model has {', '.join(problems)}. "
-            "Use path_patch_reference."
-        )
-
-
-def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
-
-
-def mlp_out(weights: GPT2Weights, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
-    """A block's MLP output for residual-stream rows [..., d_model] (GPT-2: pre-LN, gelu_new)."""
-    w = weights.layer(layer)
-    x = layer_norm(resid_mid, w.ln2_w, w.ln2_b, weights.eps)
-    shape = x.shape
-    hidden = torch.addmm(w.b_in, x.reshape(-1, shape[-1]), w.W_in)
-    hidden = F.gelu(hidden, approximate="tanh")
-    return torch.addmm(w.b_out, hidden, w.W_out).reshape(shape)
-
-
 def attention_out(
-    weights: GPT2Weights,
+    weights: ModelWeights,
     layer: int,
     resid_pre: torch.Tensor,
+    positions: torch.Tensor,
     prefix_k: torch.Tensor,
     prefix_v: torch.Tensor,
     prefix_mask: torch.Tensor,
@@ -707,23 +602,28 @@ def attention_out(
     """A block's attention output for a window of consecutive positions, given the keys/values before it.
 
     resid_pre [R, B, W, d]: R variants (senders) of B prompts, W consecutive positions starting at each prompt's
-    window start (R may be 1 when the variants differ only in their overrides). prefix_k/v [B, H, P, d_head]
-    and prefix_mask [B, P] (True for keys before the window start) are shared by all R variants: the clean
-    run's keys and values, which nothing in the window can change.
-    overrides: (head, component, [R, B, d_head]) replace that head's q, k or v at the window's first position.
+    window start (R may be 1 when the variants differ only in their overrides); positions [B, W] are the
+    window's absolute positions. prefix_k/v [B, n_kv_heads, P, d_head] (keys rotated) and prefix_mask [B, P]
+    (True for keys before the window start) are shared by all R variants: the clean run's keys and values,
+    which nothing in the window can change.
+    overrides: (head, component, [R, B, d_head]) replace that head's q, or its group's k or v, at the window's
+    first position (before the rotation, as the bridge's hook_q/k/v hold them).
     """
     w = weights.layer(layer)
     n_inputs, B, W, d = resid_pre.shape
     R = max([n_inputs] + [value.shape[0] for _, _, value in overrides])
-    H, dh = weights.n_heads, weights.d_head
-    x = layer_norm(resid_pre, w.ln1_w, w.ln1_b, weights.eps)
-    qkv = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(n_inputs, B, W, 3, H, dh)
+    dh = weights.d_head
+    qkv = weights.project_qkv(layer, weights.norm(resid_pre, w.norm1_w, w.norm1_b))  # [n_inputs, B, W, *, dh]
     if n_inputs < R:
         # One residual stream shared by all variants, which differ only in their overrides: project it once.
-        qkv = qkv.expand(R, B, W, 3, H, dh).clone()
+        qkv = qkv.expand(R, B, W, -1, dh).clone()
     for head, component, value in overrides:
-        qkv[:, :, 0, HEAD_INPUTS.index(component), head] = value
-    q, k, v = qkv.unbind(dim=3)  # [R, B, W, H, dh]
+        qkv[:, :, 0, weights.qkv_index(head, component)] = value
+    q, k, v = weights.split_qkv(qkv)
+    q, k = weights.rotate(q, positions), weights.rotate(k, positions)
+    k, v = weights.expand_groups(k, 3), weights.expand_groups(v, 3)  # [R, B, W, H, dh]
+    prefix_k, prefix_v = weights.expand_groups(prefix_k, 1), weights.expand_groups(prefix_v, 1)
+    H = weights.n_heads
     q = q * weights.scale
     # Scores against the prefix: prompt b's keys are shared by every variant, so fold R and W into the rows.
     q_by_prompt = q.permute(1, 3, 0, 2, 4).reshape(B, H, R * W, dh)
@@ -740,13 +640,14 @@ def attention_out(
     prefix_pattern = pattern[..., :P].permute(1, 2, 0, 3, 4).reshape(B, H, R * W, P)
     z = (prefix_pattern @ prefix_v).reshape(B, H, R, W, dh).permute(2, 0, 3, 1, 4)  # [R, B, W, H, dh]
     z = z + (pattern[..., P:] @ v_h).permute(0, 1, 3, 2, 4)
-    return torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(R, B, W, d)
+    return weights.attention_output(layer, z)
 
 
 def run_window(
-    weights: GPT2Weights,
+    weights: ModelWeights,
     first_layer: int,
     resid: torch.Tensor,
+    positions: torch.Tensor,
     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
     prefix_mask: torch.Tensor,
     overrides: dict[int, list[tuple[int, str, torch.Tensor]]] | None = None,
@@ -758,20 +659,22 @@ def run_window(
     overrides = overrides or {}
     for layer in range(first_layer, weights.n_layers):
         prefix_k, prefix_v = prefix_kv[layer]
-        resid = resid + attention_out(weights, layer, resid, prefix_k, prefix_v, prefix_mask, overrides.get(layer, ()))
-        resid = resid + mlp_out(weights, layer, resid)
+        attn_out = attention_out(
+            weights, layer, resid, positions, prefix_k, prefix_v, prefix_mask, overrides.get(layer, ())
+        )
+        resid = weights.block_output(layer, resid, attn_out)
     return resid
 
 
-def metric_from_residual(weights: GPT2Weights, job: PatchJob, final_resid: torch.Tensor) -> torch.Tensor:
+def metric_from_residual(weights: ModelWeights, job: PatchJob, final_resid: torch.Tensor) -> torch.Tensor:
     """The job's metric per row from the final residual stream [..., B, d] at each prompt's last token.
 
     A metric linear in the logits (the logit difference) needs only its tokens' unembedding columns: the
     weighted sum of W_U[:, token] is one direction per prompt. Any other (the probability difference) needs
     the whole vocabulary's logits, computed for LOGIT_ROWS rows at a time to bound memory.
     """
-    x = layer_norm(final_resid, weights.lnf_w, weights.lnf_b, weights.eps)
-    W_U, b_U = weights.model.W_U, weights.model.b_U
+    x = weights.final_norm(final_resid)
+    W_U, b_U = weights.W_U, weights.b_U
     if job.metric.linear:
         token_weights = job.weights.to(W_U.dtype)
         direction = torch.einsum("dbk,bk->bd", W_U[:, job.answers], token_weights)  # [B, d]
@@ -791,9 +694,10 @@ class CleanCache:
     ld_corrupt: torch.Tensor  # [B]
     z_delta: dict[int, torch.Tensor]  # sender layer -> z_corrupt - z_clean, [B, H, d_head]
     resid_pre: dict[int, torch.Tensor]  # receiver layer -> clean residual stream, [B, d]
-    resid_mid: dict[int, torch.Tensor]  # MLP layer -> clean residual stream before the MLP, [B, d]
+    resid_mid: dict[int, torch.Tensor]  # MLP layer -> the clean residual stream the MLP reads, [B, d]
     final: torch.Tensor | None = None  # logits: the clean final residual stream, [B, d]
     window: torch.Tensor | None = None  # q/k/v: clean residual stream at the lowest receiver layer at p.., [1, B, W, d]
+    window_positions: torch.Tensor | None = None  # [B, W]: the window's positions p, p+1, ...
     prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # clean k, v before p
     prefix_mask: torch.Tensor | None = None  # [B, P]: key position < p
     end_in_window: torch.Tensor | None = None  # [B]: the last real token's index in the window
@@ -811,55 +715,7 @@ def receiver_layers(job: PatchJob) -> list[int]:
     return [] if job.to_logits else sorted({r[0] for r in job.receivers})
 
 
-def forward_capturing(
-    weights: GPT2Weights,
-    tokens: torch.Tensor,
-    take: Callable[[str, int, torch.Tensor], None],
-    start: int = 0,
-    prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-):
-    """A GPT-2 forward pass from the weights over positions start..T-1; return the final residual stream there.
-
-    `take(what, layer, activation)` sees "z" [B, W, H, d_head], "resid_pre", "resid_mid" [B, W, d] and "k", "v"
-    [B, W, H, d_head] of every layer for the W = T - start computed positions and keeps what it needs. With
-    start > 0, `prefix_kv[layer]` holds the keys and values [B, start, H, d_head] of the positions before: a
-    run whose tokens agree with another's up to `start` reuses that run's (causal attention makes them equal).
-    Unlike the bridge this computes no logits (the metric is read from the final residual stream at one
-    position, `metric_from_residual`) and keeps no activations it is not asked for.
-    """
-    B, T = tokens.shape
-    H, dh, d = weights.n_heads, weights.d_head, weights.d_model
-    W = T - start
-    resid = weights.model.W_E[tokens[:, start:]] + weights.model.W_pos[start:T]
-    # Query i (position start + i) may read keys 0..start + i. Right padding only: causal attention keeps every
-    # real token from reading the padding after it.
-    mask = torch.ones(W, T, dtype=torch.bool, device=tokens.device).tril(diagonal=start) if start else None
-    for layer in range(weights.n_layers):
-        w = weights.layer(layer)
-        take("resid_pre", layer, resid)
-        x = layer_norm(resid, w.ln1_w, w.ln1_b, weights.eps)
-        q, k, v = torch.addmm(w.b_qkv, x.reshape(-1, d), w.W_qkv).reshape(B, W, 3, H, dh).unbind(dim=2)
-        take("k", layer, k)
-        take("v", layer, v)
-        if start:
-            k = torch.cat([prefix_kv[layer][0], k], dim=1)
-            v = torch.cat([prefix_kv[layer][1], v], dim=1)
-        z = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=mask,
-            is_causal=not start,
-            scale=weights.scale,
-        ).transpose(1, 2)  # [B, W, H, dh]
-        take("z", layer, z)
-        resid = resid + torch.addmm(w.b_O, z.reshape(-1, H * dh), w.W_O.reshape(H * dh, d)).reshape(B, W, d)
-        take("resid_mid", layer, resid)
-        resid = resid + mlp_out(weights, layer, resid)
-    return resid
-
-
-def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
+def clean_cache(weights: ModelWeights, job: PatchJob) -> CleanCache:
     """One clean and one corrupted forward pass, keeping only what steps (a) and (b) need.
 
     The corrupted run recomputes only the positions from the batch's first corrupted token on (at most the
@@ -898,7 +754,7 @@ def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
             if what == "resid_pre" and layer == lowest:
                 stored["window"] = activation[rows[:, None], window_index][None]
             elif what in ("k", "v"):
-                # Keys and values of positions before p (as far as the latest p), per head: [B, H, P, d_head].
+                # Keys and values of positions before p (as far as the latest p), per group: [B, G, P, d_head].
                 stored[what, layer] = activation[:, :prefix_len].permute(0, 2, 1, 3).contiguous()
 
         return take
@@ -937,18 +793,20 @@ def clean_cache(weights: GPT2Weights, job: PatchJob) -> CleanCache:
     )
     if not job.to_logits:
         cache.window = clean["window"]
+        cache.window_positions = window_index
         cache.prefix_kv = {layer: (clean["k", layer], clean["v", layer]) for layer in range(lowest, job.n_layers)}
         cache.prefix_mask = torch.arange(prefix_len, device=p.device)[None, :] < p[:, None]
         cache.end_in_window = job.end - p
     return cache
 
 
-def receivers_after_sender_patch(weights: GPT2Weights, job: PatchJob, cache: CleanCache, senders: Sequence[Sender]):
+def receivers_after_sender_patch(weights: ModelWeights, job: PatchJob, cache: CleanCache, senders: Sequence[Sender]):
     """Step (a) for a group of senders (sorted by layer), all at once; row 0 is the unpatched clean run.
 
     Returns, for "logits", the final residual stream at p [1 + S, B, d]; otherwise {layer: [(head, component,
     [1 + S, B, d_head])]}, the receivers' q/k/v at p. Every head at p other than the sender is frozen, so the
-    residual stream at p is the clean one plus `delta`: the sender's own change, then the MLPs' responses.
+    residual stream at p is the clean one plus `delta`: the sender's own change, then the MLPs' responses
+    (in a parallel block the MLP reads the block's input, so it responds to the changes of the layers below).
     """
     R, B, d = 1 + len(senders), job.n_prompts, weights.d_model
     dtype = cache.z_delta[senders[0][0]].dtype
@@ -962,7 +820,7 @@ def receivers_after_sender_patch(weights: GPT2Weights, job: PatchJob, cache: Cle
         if layer in receivers_at:
             heads_components = receivers_at[layer]
             w = weights.layer(layer)
-            x = layer_norm(cache.resid_pre[layer] + delta, w.ln1_w, w.ln1_b, weights.eps)
+            x = weights.norm(cache.resid_pre[layer] + delta, w.norm1_w, w.norm1_b)
             W_cols, b_cols = weights.qkv_columns(layer, heads_components)
             values = torch.addmm(b_cols, x.reshape(R * B, d), W_cols).reshape(R, B, len(heads_components), -1)
             recorded[layer] = [(h, c, values[:, :, i]) for i, (h, c) in enumerate(heads_components)]
@@ -970,18 +828,30 @@ def receivers_after_sender_patch(weights: GPT2Weights, job: PatchJob, cache: Cle
             break
         # Senders of this layer are the rows first..stop-1 (sorted by layer); their change enters at p here.
         first, stop = 1 + bisect_left(layers, layer), 1 + bisect_right(layers, layer)
+        mlp_response = None
+        if not frozen:
+            # The MLP at p sees the senders' change; rows of later senders are still clean and skipped. Row 0's
+            # output is subtracted rather than the cached one, so a row that changed nothing stays exactly 0.
+            # A parallel block's MLP reads the stream before this layer's senders write to it.
+            if weights.parallel:
+                mlp_response = _mlp_response(weights, layer, cache.resid_mid[layer] + delta[:stop])
         if stop > first:
             heads = [head for _, head in senders[first - 1 : stop - 1]]
             z_delta = cache.z_delta[layer][:, heads].transpose(0, 1)  # [S_l, B, d_head]
             delta[first:stop] += torch.bmm(z_delta, weights.layer(layer).W_O[heads])
         if not frozen:
-            # The MLP at p sees the sender's change; rows of later senders are still clean and skipped. Row 0's
-            # output is subtracted rather than the cached one, so a row that changed nothing stays exactly 0.
-            out = mlp_out(weights, layer, cache.resid_mid[layer] + delta[:stop])
-            delta[:stop] += out - out[:1]
+            if not weights.parallel:
+                mlp_response = _mlp_response(weights, layer, cache.resid_mid[layer] + delta[:stop])
+            delta[:stop] += mlp_response
     if job.to_logits:
         return cache.final + delta
     return recorded
+
+
+def _mlp_response(weights: ModelWeights, layer: int, streams: torch.Tensor) -> torch.Tensor:
+    """Each row's MLP output at p minus row 0's (the clean run's)."""
+    out = weights.mlp_out(layer, streams)
+    return out - out[:1]
 
 
 def _receivers_by_layer(job: PatchJob) -> dict[int, list[tuple[int, str]]]:
@@ -991,12 +861,20 @@ def _receivers_by_layer(job: PatchJob) -> dict[int, list[tuple[int, str]]]:
     return by_layer
 
 
-def patched_metric(weights: GPT2Weights, job: PatchJob, cache: CleanCache, recorded) -> torch.Tensor:
+def patched_metric(weights: ModelWeights, job: PatchJob, cache: CleanCache, recorded) -> torch.Tensor:
     """Step (b): LD [1 + S, B] with only the receivers' activations at p replaced by the recorded ones."""
     if job.to_logits:
         return metric_from_residual(weights, job, recorded)
     # Nothing below the lowest receiver layer changes, nor anything before p: run positions p..END from there.
-    final = run_window(weights, job.lowest_receiver_layer, cache.window, cache.prefix_kv, cache.prefix_mask, recorded)
+    final = run_window(
+        weights,
+        job.lowest_receiver_layer,
+        cache.window,
+        cache.window_positions,
+        cache.prefix_kv,
+        cache.prefix_mask,
+        recorded,
+    )
     rows = torch.arange(job.n_prompts, device=final.device)
     return metric_from_residual(weights, job, final[:, rows, cache.end_in_window])
 
@@ -1057,7 +935,7 @@ def path_patch(
         metric,
         metric_weights,
     )
-    weights = GPT2Weights(model)
+    weights = ModelWeights(model)
     effects = PromptEffects(job.n_prompts, job.senders)
     with torch.no_grad(), _progress(job, batch_size, progress, "path patching") as bar:
         for prompts, batch in job.batches(batch_size):
