@@ -14,14 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from circuit_reuse.families import FAMILIES, architectures, family_named, hub_architecture
 from circuit_reuse.io import read_json
-from circuit_reuse.models import GPT2_SHAPES, TOKENIZER_ENV, ModelCacheError, resolve_tokenizer_dir
+from circuit_reuse.models import TOKENIZER_ENV, ModelCacheError, resolve_tokenizer_dir
 from circuit_reuse.tasks import get_task, intervention_plan
 
+# A model's shape, whatever its family calls these fields (`Family.shape_fields`).
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd")
 # The schema marks each model key that applies to some sources only with `x-sources`.
 SOURCES_KEYWORD = "x-sources"
-HUB_ORGANISATION = "openai-community/"
 # The sources whose models are built here, with the tokenizer the config names.
 BUILT_SOURCES = ("random", "trained", "checkpoint")
 
@@ -56,18 +57,49 @@ def source_key_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) ->
 
 def model_shape(entry: Mapping[str, Any]) -> dict[str, int] | None:
     """n_layer, n_head and n_embd of a model entry, where the config alone says them: a random stand-in's or
-    an organism's, a released GPT-2's on the Hub, a local directory's config.json; None otherwise (another
-    Hub model)."""
-    if entry["source"] in ("random", "trained"):
-        fields = {**GPT2_SHAPES[entry["architecture"]], **entry["overrides"]}
-    elif entry["source"] == "hub":
-        fields = GPT2_SHAPES.get(entry["hub_id"].removeprefix(HUB_ORGANISATION), {})
-    elif entry.get("path") and (Path(entry["path"]).expanduser() / "config.json").is_file():
-        fields = read_json(Path(entry["path"]).expanduser() / "config.json")
-    else:
+    an organism's, a released model's on the Hub, a local directory's config.json; None otherwise (another
+    Hub model, a local model of a family circuit-reuse does not know)."""
+    fields, family_name = _model_fields(entry)
+    if fields is None or family_name not in FAMILIES:
         return None
-    shape = {key: fields.get(key) for key in SHAPE_KEYS}
+    shape = dict(zip(SHAPE_KEYS, (fields.get(key) for key in FAMILIES[family_name].shape_fields), strict=True))
     return shape if all(type(value) is int for value in shape.values()) else None
+
+
+def _model_fields(entry: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The config fields a model entry determines, with its family's name."""
+    if entry["source"] in ("random", "trained"):
+        record = architectures()[entry["architecture"]]
+        return {**record["config"], **entry["overrides"]}, record["family"]
+    if entry["source"] == "hub":
+        name = hub_architecture(entry["hub_id"])
+        return (None, None) if name is None else (architectures()[name]["config"], architectures()[name]["family"])
+    if entry.get("path") and (Path(entry["path"]).expanduser() / "config.json").is_file():
+        fields = read_json(Path(entry["path"]).expanduser() / "config.json")
+        return fields, fields.get("model_type")
+    return None, None
+
+
+def _override_problems(config: Mapping[str, Any]) -> list[str]:
+    """A stand-in's or an organism's overrides must be fields its family lets a stand-in change; an organism
+    is a GPT-2."""
+    problems = []
+    for name, entry in config["models"].items():
+        if entry["source"] not in ("random", "trained"):
+            continue
+        family = family_named(architectures()[entry["architecture"]]["family"])
+        if entry["source"] == "trained" and family.name != "gpt2":
+            problems.append(
+                f"models.{name}.architecture: {entry['architecture']!r} is a {family.name} model; organisms "
+                "(source: trained) are GPT-2 sizes"
+            )
+        for key in entry["overrides"]:
+            if key not in family.override_fields:
+                problems.append(
+                    f"models.{name}.overrides.{key}: not a field a {entry['architecture']} stand-in may change; "
+                    f"allowed: {', '.join(family.override_fields)}"
+                )
+    return problems
 
 
 def config_problems(config: Mapping[str, Any]) -> list[str]:
@@ -75,7 +107,7 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     checkpoint_problems = _checkpoint_problems(config)
     # A checkpoint has its organism's shape, which that organism's own entry is checked for.
     shapes = {name: model_shape(entry) for name, entry in config["models"].items() if entry["source"] != "checkpoint"}
-    checks = [*_shape_problems(config, shapes), *checkpoint_problems]
+    checks = [*_override_problems(config), *_shape_problems(config, shapes), *checkpoint_problems]
     if not checkpoint_problems:
         for name, entry in config["models"].items():
             if entry["source"] == "checkpoint":
@@ -160,15 +192,23 @@ def _shape_problems(config: Mapping[str, Any], shapes: Mapping[str, dict[str, in
     for name, shape in shapes.items():
         if shape is None:
             continue
-        built_here = config["models"][name]["source"] in ("random", "trained")
+        entry = config["models"][name]
+        built_here = entry["source"] in ("random", "trained")
         where = f"models.{name}.overrides" if built_here else f"models.{name}"
-        for key in SHAPE_KEYS:
+        family = FAMILIES[_model_fields(entry)[1]]
+        _, heads, width = family.shape_fields
+        for key, field in zip(SHAPE_KEYS, family.shape_fields, strict=True):
             if shape[key] < 1:
-                problems.append(f"{where}.{key}: {shape[key]} must be at least 1")
+                problems.append(f"{where}.{field}: {shape[key]} must be at least 1")
         if shape["n_head"] >= 1 and shape["n_embd"] % shape["n_head"]:
             problems.append(
-                f"{where}.n_head: {shape['n_head']} heads do not divide n_embd = {shape['n_embd']} "
-                "(each head gets n_embd / n_head dimensions)"
+                f"{where}.{heads}: {shape['n_head']} heads do not divide {width} = {shape['n_embd']} "
+                f"(each head gets {width} / {heads} dimensions)"
+            )
+        groups = _model_fields(entry)[0].get("num_key_value_heads")
+        if type(groups) is int and (groups < 1 or shape["n_head"] % groups):
+            problems.append(
+                f"{where}.num_key_value_heads: {groups} key/value groups do not divide {heads} = {shape['n_head']}"
             )
     return problems
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from circuit_reuse.families import UnsupportedModelError, architecture, family_named, stand_in_config
 from circuit_reuse.integrity import sha256
 from circuit_reuse.io import read_json, versions, write_json
 
@@ -38,13 +39,6 @@ HUB_ATTEMPTS = 3
 PARTIAL_SUFFIX = ".partial-"
 TOKENIZER_ENV = "CIRCUIT_REUSE_TOKENIZER"
 
-# Shapes of the four released GPT-2 sizes; every other field is GPT2Config's default, which is GPT-2's.
-GPT2_SHAPES: dict[str, dict[str, int]] = {
-    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},
-    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
-    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
-    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
-}
 
 # What a GPT-2 checkpoint needs; the Hub repos also hold TF, Flax, ONNX and TFLite copies we never load.
 HUB_FILES = [
@@ -102,12 +96,18 @@ def resolve_tokenizer_dir(configured: str | os.PathLike | None = None) -> Path |
 
 
 def random_gpt2_config(architecture: str = "gpt2", **overrides: Any):
-    """A GPT2Config with a released size's shape, optionally changed (small shapes for tests)."""
-    from transformers import GPT2Config
+    """A GPT2Config with a released GPT-2 size's shape, optionally changed (small shapes for tests)."""
+    if architecture_family(architecture) != "gpt2":
+        raise ModelCacheError(f"architecture {architecture!r} is not a GPT-2 size")
+    return stand_in_config(architecture, **overrides)
 
-    if architecture not in GPT2_SHAPES:
-        raise ModelCacheError(f"unknown architecture {architecture!r}; allowed: {', '.join(GPT2_SHAPES)}")
-    return GPT2Config(**{**GPT2_SHAPES[architecture], **overrides})
+
+def architecture_family(name: str) -> str:
+    """The family of a released model a stand-in can copy; ModelCacheError listing them for an unknown name."""
+    try:
+        return architecture(name)["family"]
+    except UnsupportedModelError as error:
+        raise ModelCacheError(str(error)) from None
 
 
 def cache_model(
@@ -145,7 +145,7 @@ def cache_model(
         elif spec.source == "local":
             _copy_local(spec, work)
         elif spec.source == "random":
-            _build_random(spec, work)
+            _build_random(spec, work, tokenizer_path)
         elif spec.source in ("trained", "checkpoint"):
             from circuit_reuse.training import build_organism
 
@@ -388,21 +388,45 @@ def _copy_local(spec: ModelSpec, work: Path) -> None:
                 shutil.copy2(path, work / path.name)
 
 
-def _build_random(spec: ModelSpec, work: Path) -> None:
-    from transformers import GPT2LMHeadModel
+def _build_random(spec: ModelSpec, work: Path, tokenizer_path: Path | None) -> None:
+    import transformers
 
-    config = random_gpt2_config(spec.architecture, **spec.overrides)
+    from circuit_reuse.families import FAMILIES
+
+    family = FAMILIES[architecture_family(spec.architecture)]
+    overrides = dict(spec.overrides)
+    if family.name != "gpt2":
+        # A stand-in reads the prompts of the tokenizer it is cached with, so its vocabulary and special tokens
+        # are that tokenizer's (the released model's own tokenizer is another, whose prompts it cannot read).
+        overrides = {**_tokenizer_fields(spec, tokenizer_path), **overrides}
+    try:
+        config = stand_in_config(spec.architecture, **overrides)
+    except UnsupportedModelError as error:
+        raise ModelCacheError(f"model {spec.name!r}: {error}") from None
     torch.manual_seed(spec.seed)
-    model = GPT2LMHeadModel(config).eval()
+    model = getattr(transformers, family.model_class)(config).eval()
     model.save_pretrained(work, safe_serialization=True)
 
 
-def _check_architecture(spec: ModelSpec, work: Path) -> None:
-    model_type = read_json(work / "config.json").get("model_type")
-    if model_type != "gpt2":
+def _tokenizer_fields(spec: ModelSpec, tokenizer_path: Path | None) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    if tokenizer_path is None:
         raise ModelCacheError(
-            f"model {spec.name!r} is a {model_type!r} model; circuit-reuse supports the GPT-2 family only"
+            f"model {spec.name!r}: a random {spec.architecture} stand-in takes its vocabulary from its tokenizer; "
+            f"set `tokenizer:` in the config, or ${TOKENIZER_ENV}"
         )
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    end = tokenizer.eos_token_id
+    return {"vocab_size": len(tokenizer), "bos_token_id": end, "eos_token_id": end, "pad_token_id": end}
+
+
+def _check_architecture(spec: ModelSpec, work: Path) -> None:
+    """The model is of a family circuit-reuse knows (settings its fast engines lack leave the references)."""
+    try:
+        family_named(read_json(work / "config.json").get("model_type"))
+    except UnsupportedModelError as error:
+        raise ModelCacheError(f"model {spec.name!r}: {error}") from None
 
 
 def _spec_record(spec: ModelSpec) -> dict[str, Any]:

@@ -41,7 +41,8 @@ import torch
 from circuit_reuse import patching
 from circuit_reuse.attribution import DEFAULT_IG_STEPS, METHODS, attribution_patch
 from circuit_reuse.datasets import make_dataset
-from circuit_reuse.models import GPT2_SHAPES, ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
+from circuit_reuse.families import architecture
+from circuit_reuse.models import ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
 from circuit_reuse.paper import PAPER_HEADS
 from circuit_reuse.statistics import spearman
 
@@ -125,9 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_shape_against_real_config() -> str:
-    """The random stand-in's shape is GPT2_SHAPES'; say whether the real gpt2-medium config agrees."""
+    """The random stand-in's shape is the shipped architecture's; say whether the real gpt2-medium config agrees."""
     configs = os.environ.get("CIRCUIT_REUSE_GPT2_CONFIGS")
-    shape = GPT2_SHAPES[ARCHITECTURE]
+    shape = architecture(ARCHITECTURE)["config"]
     if not configs or not (Path(configs) / f"{ARCHITECTURE}.json").is_file():
         return "shape not checked (set CIRCUIT_REUSE_GPT2_CONFIGS to check it against the real config)"
     real = json.loads((Path(configs) / f"{ARCHITECTURE}.json").read_text())
