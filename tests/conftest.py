@@ -85,3 +85,23 @@ def make_model(tmp_path_factory, tokenizer_dir):
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory, tokenizer_dir):
+    """Factory for cached-and-loaded random stand-ins of any released architecture, in that family's own config
+    fields: family_model("smollm2-135m", num_hidden_layers=2, ...)."""
+    built = {}
+
+    def make(architecture: str, seed: int = 0, **overrides):
+        key = (architecture, seed, tuple(sorted(overrides.items())))
+        if key not in built:
+            spec = ModelSpec(
+                name="stand-in", source="random", architecture=architecture, overrides=overrides, seed=seed
+            )
+            dest = tmp_path_factory.mktemp("stand-ins") / "model"
+            cache_model(spec, dest, tokenizer_dir=tokenizer_dir)
+            built[key] = load_model(dest, device="cpu")
+        return built[key]
+
+    return make

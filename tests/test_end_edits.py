@@ -24,7 +24,7 @@ from circuit_reuse.edits import (
 from circuit_reuse.end_edits import EndEdit, final_logits, final_scale, run_end_edits
 from circuit_reuse.evaluation import choose_engine, run_conditions_with_readouts
 from circuit_reuse.intervention import HeadSet, InterventionSettings, intervention_experiment, random_head_controls
-from circuit_reuse.patching import GPT2Weights
+from circuit_reuse.weights import ModelWeights
 
 TOLERANCE = 1e-5
 LENGTHS = [9, 14, 6, 14, 11]  # right-padded to 14
@@ -96,7 +96,7 @@ def test_end_engine_matches_the_hooked_forward_pass(make_model, n_layer, n_head,
     mid = n_layer // 2
     readout = {n_layer - 1: (0, n_head - 1)}
     readout[mid] = tuple(sorted({*readout.get(mid, ()), 0, 1}))  # head 0: the all-zero row
-    weights = GPT2Weights(model)
+    weights = ModelWeights(model)
     with torch.no_grad():
         fast = run_end_edits(weights, tokens, end, sets, readout)
         for row, edits in enumerate(sets):
