@@ -19,6 +19,7 @@ import torch
 from circuit_reuse.circuits import Head
 from circuit_reuse.hook_names import attention_pattern, residual_post
 from circuit_reuse.models import model_device
+from circuit_reuse.weights import ModelWeights
 
 DETECTORS = ("previous_token", "duplicate_token", "induction")
 # A head is labelled by a detector only when at least this share of its attention follows the pattern.
@@ -68,7 +69,8 @@ def ov_answer_logits(model, answer_tokens: list[int] | torch.Tensor, heads: list
     `distinct_tokens` of `answer_tokens`): entry [k, i, j] is the logit of answer j when answer i's
     representation after layer 0 (`blocks.0.hook_resid_post`, the token embedding after the first MLP, as
     Wang et al. use for GPT-2's copy scores: GPT-2's raw embeddings are read through its first MLP) goes
-    through head k's LayerNorm, W_V (with its bias) and W_O, then the final LayerNorm and the unembedding.
+    through head k's norm, W_V (its key/value group's, with its bias) and W_O, then the final norm and the
+    unembedding.
     A copying head has its row maxima on the diagonal, a negative-copying head its row minima.
     """
     answers = torch.as_tensor(distinct_tokens(answer_tokens), device=model_device(model))
@@ -76,14 +78,18 @@ def ov_answer_logits(model, answer_tokens: list[int] | torch.Tensor, heads: list
         raise ValueError("copy scores need at least two distinct answer tokens")
     if heads is None:
         heads = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    weights = ModelWeights(model)
     _, cache = model.run_with_cache(answers[:, None], names_filter=lambda name: name == residual_post(0))
     embedded = cache[residual_post(0)][:, 0]  # each token's representation after layer 0
-    normalised = {l: model.blocks[l].ln1(embedded) for l in sorted({l for l, _ in heads})}
-    unembed = model.W_U[:, answers]
+    normalised = {}
+    for l in sorted({l for l, _ in heads}):
+        layer = weights.layer(l)
+        normalised[l] = weights.norm(embedded, layer.norm1_w, layer.norm1_b)
+    unembed = weights.W_U[:, answers]
     out = []
     for l, h in heads:
-        value = normalised[l] @ model.W_V[l, h] + model.b_V[l, h]
-        out.append(model.ln_final(value @ model.W_O[l, h]) @ unembed)
+        w_v, b_v, w_o = weights.head_ov(l, h)
+        out.append(weights.final_norm((normalised[l] @ w_v + b_v) @ w_o) @ unembed)
     return torch.stack(out)
 
 

@@ -1,7 +1,7 @@
 """Per-head readouts at END, taken during the same forward passes as an evaluation, and their summaries.
 
 For chosen readout heads, `readout_hooks` records (after any edit of the same hook point) each head's
-attention row at END and its output z at END, and the final LayerNorm's scale at END; `head_rows` turns
+attention row at END and its output z at END, and the final norm's scale at END; `head_rows` turns
 them into one row per prompt and head: attention to each named role, and the head's direct logit
 attribution (`head_logit_attribution`) to the task's metric and to the answer alone. `mover_readouts`
 summarises those rows per condition and head against the baseline; `mover_spearman` rank-correlates the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,16 +24,28 @@ from circuit_reuse.datasets import TaskDataset
 from circuit_reuse.edits import BASELINE, Hook, role_positions
 from circuit_reuse.hook_names import FINAL_LN_SCALE, attention_pattern, head_output
 from circuit_reuse.statistics import spearman
+from circuit_reuse.weights import ModelWeights
 
 
 class ReadoutError(ValueError):
     """A readout is not defined for the task: direct logit attribution of a metric not linear in the logits."""
 
 
-def readout_weights(model) -> dict[str, torch.Tensor]:
-    """The weights `head_rows` reads: the final LayerNorm's weight, W_U and W_O, read once (the bridge
-    stacks them on every access)."""
-    return {"gamma": model.ln_final.weight.detach(), "W_U": model.W_U.detach(), "W_O": model.W_O.detach()}
+@dataclass(frozen=True)
+class ReadoutWeights:
+    """The weights `head_rows` reads, read once (the bridge stacks them on every access): the final norm's
+    weight, W_U, every layer's W_O [layers, heads, d_head, d_model], and whether the final norm centres."""
+
+    gamma: torch.Tensor
+    W_U: torch.Tensor
+    W_O: torch.Tensor
+    centred: bool
+
+
+def readout_weights(model) -> ReadoutWeights:
+    weights = ModelWeights(model)
+    w_o = torch.stack([weights.layer(layer).W_O for layer in range(weights.n_layers)])
+    return ReadoutWeights(weights.final_w.detach(), weights.W_U.detach(), w_o.detach(), weights.centres)
 
 
 def readout_hooks(layers: Mapping[int, list[int]], rows: torch.Tensor, end: torch.Tensor, seen: dict) -> list[Hook]:
@@ -68,11 +81,11 @@ def head_rows(
     layers: Mapping[int, list[int]],
     roles: Sequence[str],
     seen: Mapping[str, torch.Tensor],
-    weights: Mapping[str, torch.Tensor],
+    weights: ReadoutWeights,
 ) -> pd.DataFrame:
     """One row per prompt and readout head from what `readout_hooks` recorded in `seen`: condition, prompt,
     layer, head, attn_{role} for each of `roles`, dla (onto the metric's direction) and dla_answer."""
-    gamma, w_u = weights["gamma"], weights["W_U"]
+    gamma, w_u = weights.gamma, weights.W_U
     answers = batch.answer_tokens.to(w_u.device)
     if not batch.metric.linear:
         raise ReadoutError(f"direct logit attribution needs a metric linear in the logits, not {batch.metric.name}")
@@ -85,10 +98,10 @@ def head_rows(
     for layer, hs in layers.items():
         pattern = seen[f"pattern.{layer}"].double()
         z = seen[f"z.{layer}"]
-        w_o = weights["W_O"][layer, hs]  # [heads, d_head, d_model]
+        w_o = weights.W_O[layer, hs]  # [heads, d_head, d_model]
         out = torch.einsum("bhe,hed->bhd", z, w_o)
-        dla = head_logit_attribution(out, seen["scale"], direction)
-        dla_answer = head_logit_attribution(out, seen["scale"], answer_direction)
+        dla = head_logit_attribution(out, seen["scale"], direction, weights.centred)
+        dla_answer = head_logit_attribution(out, seen["scale"], answer_direction, weights.centred)
         for i, head in enumerate(hs):
             columns: dict[str, Any] = {"condition": condition, "prompt": prompts, "layer": layer, "head": head}
             for role in roles:
@@ -100,7 +113,9 @@ def head_rows(
     return pd.concat(parts, ignore_index=True)
 
 
-def head_logit_attribution(head_out: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+def head_logit_attribution(
+    head_out: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor, centred: bool = True
+) -> torch.Tensor:
     """Direct logit attribution of head outputs at one position per prompt: [batch, heads].
 
     `head_out` [batch, heads, d_model] holds the heads' outputs (z @ W_O; the attention bias belongs to no
@@ -109,10 +124,12 @@ def head_logit_attribution(head_out: torch.Tensor, scale: torch.Tensor, directio
     LN(x) = gamma * (x - mean(x)) / scale + beta; with the run's scale held it is linear in x, so a head's
     output o adds gamma * (o - mean(o)) / scale to the normalised residual and
     (o - mean(o)) / scale . direction to the logit difference. That is exactly how much the logit
-    difference drops when o is taken out of the final residual stream with the scale held.
+    difference drops when o is taken out of the final residual stream with the scale held. An RMSNorm
+    (`centred` False) subtracts no mean: the same holds with o itself.
     """
-    centred = head_out - head_out.mean(-1, keepdim=True)
-    return torch.einsum("bhd,bd->bh", centred.double(), direction.double()) / scale.double()[:, None]
+    if centred:
+        head_out = head_out - head_out.mean(-1, keepdim=True)
+    return torch.einsum("bhd,bd->bh", head_out.double(), direction.double()) / scale.double()[:, None]
 
 
 def mover_readouts(

@@ -123,16 +123,27 @@ class ModelWeights:
         columns = [slice(start, start + self.d_head) for start in starts]
         return torch.cat([w.W_qkv[:, c] for c in columns], dim=1), torch.cat([w.b_qkv[c] for c in columns])
 
+    def head_ov(self, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A head's OV circuit: its value projection (its group's, with grouped-query attention) W_V [d, d_head]
+        and b_V [d_head], and its output projection W_O [d_head, d]."""
+        w_v, b_v = self.qkv_columns(layer, [(head, "v")])
+        return w_v, b_v, self.layer(layer).W_O[head]
+
+    @property
+    def centres(self) -> bool:
+        """Whether the norms subtract the mean before scaling (LayerNorm) or only scale (RMSNorm)."""
+        return self.family.norm == "layer"
+
     # ---- pieces of a block -----------------------------------------------------------------------------------
 
     def norm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        if self.family.norm == "layer":
+        if self.centres:
             return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
     def norm_scale(self, x: torch.Tensor) -> torch.Tensor:
         """The final norm's divisor of residual rows [..., d] (the bridge's ln_final.hook_scale, squeezed)."""
-        if self.family.norm == "layer":
+        if self.centres:
             x = x - x.mean(-1, keepdim=True)
         return (x.pow(2).mean(-1) + self.eps).sqrt()
 

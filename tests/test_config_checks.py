@@ -105,8 +105,14 @@ def test_model_shapes_from_the_config_alone(tmp_path):
         "n_head": 12,
         "n_embd": 768,
     }
-    (tmp_path / "config.json").write_text('{"n_layer": 3, "n_head": 2, "n_embd": 8}')
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 3, "n_head": 2, "n_embd": 8}')
     assert model_shape({"source": "local", "path": str(tmp_path)}) == {"n_layer": 3, "n_head": 2, "n_embd": 8}
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(
+        '{"model_type": "llama", "num_hidden_layers": 5, "num_attention_heads": 3, "hidden_size": 12}'
+    )
+    assert model_shape({"source": "local", "path": str(llama)}) == {"n_layer": 5, "n_head": 3, "n_embd": 12}
     assert model_shape({"source": "local", "path": str(tmp_path / "absent")}) is None
 
 

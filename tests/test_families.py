@@ -27,8 +27,10 @@ from circuit_reuse.config import ConfigError, validate_config
 from circuit_reuse.config_checks import model_shape
 from circuit_reuse.end_edits import final_logits, final_scale, run_end_edits, supports
 from circuit_reuse.families import FAMILIES, UnsupportedModelError, architectures
+from circuit_reuse.head_roles import copy_scores
 from circuit_reuse.models import ModelCacheError, ModelSpec, cache_model
 from circuit_reuse.patching import path_patch_reference
+from circuit_reuse.readouts import head_logit_attribution, readout_weights
 from circuit_reuse.weights import ModelWeights, forward_capturing
 
 TOLERANCE = 1e-5
@@ -229,3 +231,82 @@ def test_an_organism_of_another_family_is_refused_before_any_job():
     organisms["models"][name]["architecture"] = "pythia-160m"
     organisms["models"][name]["overrides"] = {"num_hidden_layers": 2}
     assert f"models.{name}.architecture: 'pythia-160m' is a gpt_neox model; organisms" in _problems(organisms)
+
+
+def _hugging_face_modules(model):
+    """A stand-in's raw Hugging Face modules, an independent route to its weights: the blocks, the final norm, the
+    unembedding, and per layer and head the value projection (W [d_head, d], b) and output columns [d, d_head]."""
+    hf = model.original_model
+    H, d_head = model.cfg.n_heads, model.cfg.d_head
+    if hf.config.model_type == "gpt_neox":
+        blocks, final_norm, unembed = hf.gpt_neox.layers, hf.gpt_neox.final_layer_norm, hf.lm_head.weight
+
+        def value(layer, head):  # one fused projection, laid out [head, (q, k, v), d_head]
+            projection = blocks[layer].attention.query_key_value
+            weight = projection.weight.view(H, 3, d_head, -1)[head, 2]
+            return weight, projection.bias.view(H, 3, d_head)[head, 2]
+
+        def output(layer, head):
+            return blocks[layer].attention.dense.weight[:, head * d_head : (head + 1) * d_head]
+
+    else:
+        blocks, final_norm, unembed = hf.model.layers, hf.model.norm, hf.lm_head.weight
+        group = H // hf.config.num_key_value_heads
+
+        def value(layer, head):  # a query head reads its key/value group's value
+            projection = blocks[layer].self_attn.v_proj
+            rows = slice(head // group * d_head, (head // group + 1) * d_head)
+            bias = projection.bias[rows] if projection.bias is not None else torch.zeros(d_head)
+            return projection.weight[rows], bias
+
+        def output(layer, head):
+            return blocks[layer].self_attn.o_proj.weight[:, head * d_head : (head + 1) * d_head]
+
+    return blocks, final_norm, unembed, value, output
+
+
+def test_copy_scores_match_the_raw_hugging_face_modules(stand_in):
+    answers = [464, 1757, 3700, 5335, 7703]
+    table = copy_scores(stand_in, answers)
+    blocks, final_norm, unembed, value, output = _hugging_face_modules(stand_in)
+    own = torch.arange(len(answers))
+    with torch.no_grad():
+        hidden = stand_in.original_model(torch.tensor(answers)[:, None], output_hidden_states=True).hidden_states
+        after_layer0 = hidden[1][:, 0]
+        for row in table.itertuples():
+            w_v, b_v = value(row.layer, row.head)
+            values = blocks[row.layer].input_layernorm(after_layer0) @ w_v.T + b_v
+            logits = final_norm(values @ output(row.layer, row.head).T) @ unembed[answers].T
+            assert row.copy_score == pytest.approx((logits.argmax(-1) == own).float().mean().item())
+            assert row.negative_copy_score == pytest.approx((logits.argmin(-1) == own).float().mean().item())
+    assert len(table) == stand_in.cfg.n_layers * stand_in.cfg.n_heads
+
+
+def test_dla_is_the_change_from_removing_a_head_from_the_final_residual(stand_in):
+    """An RMSNorm subtracts no mean, so a head's direct logit attribution is its output itself through the
+    held scale; a LayerNorm's is the centred output. Either way it is what removing the output changes."""
+    tokens, end, _ = random_prompts(5)
+    rows = torch.arange(len(end))
+    answer, wrong = torch.tensor(464), torch.tensor(1757)
+    weights = readout_weights(stand_in)
+    _, _, _, _, output = _hugging_face_modules(stand_in)
+    with torch.no_grad():
+        logits, cache = stand_in.run_with_cache(tokens)
+        scale = cache["ln_final.hook_scale"]
+        direction = (weights.gamma * (weights.W_U[:, answer] - weights.W_U[:, wrong])).expand(len(end), -1)
+        for layer, head in [(0, 1), (stand_in.cfg.n_layers - 1, stand_in.cfg.n_heads - 1)]:
+            out = cache[f"blocks.{layer}.attn.hook_z"][rows, end, head] @ output(layer, head).T
+
+            def remove(resid, hook=None, out=out):
+                resid = resid.clone()
+                resid[rows, end] -= out
+                return resid
+
+            ablated = stand_in.run_with_hooks(
+                tokens, fwd_hooks=[("ln_final.hook_in", remove), ("ln_final.hook_scale", lambda s, hook=None: scale)]
+            )
+            change = (logits - ablated)[rows, end]
+            expected = change[:, answer] - change[:, wrong]
+            got = head_logit_attribution(out[:, None], scale[rows, end, 0], direction, weights.centred)[:, 0]
+            torch.testing.assert_close(got.float(), expected, rtol=1e-4, atol=1e-4)
+    assert weights.centred == (stand_in.original_model.config.model_type == "gpt_neox")

@@ -24,22 +24,26 @@ from circuit_reuse.mechanisms import (
 
 
 class IdentityOVModel:
-    """A one-layer stand-in whose residual stream after layer 0 is the one-hot token, with no LayerNorms and
-    W_U the identity: head 0's OV circuit is the identity (it copies), head 1's its negative."""
+    """A one-layer stand-in whose residual stream after layer 0 is the one-hot token, with no norms and W_U
+    the identity: head 0's OV circuit is the identity (it copies), head 1's its negative. `weights()` is what
+    `ModelWeights` would read from it."""
 
     def __init__(self, d: int = 6):
-        eye = torch.eye(d)
         self.cfg = SimpleNamespace(n_layers=1, n_heads=2, device="cpu")
-        self.blocks = [SimpleNamespace(ln1=lambda x: x)]
-        self.ln_final = lambda x: x
-        self.W_V = torch.stack([eye, eye])[None]  # [layer, head, d_model, d_head]
-        self.b_V = torch.zeros(1, 2, d)
-        self.W_O = torch.stack([eye, -eye])[None]
-        self.W_U = eye
         self.d = d
 
     def run_with_cache(self, tokens, names_filter):
         return None, {"blocks.0.hook_resid_post": torch.nn.functional.one_hot(tokens, self.d).float()}
+
+    def weights(self):
+        eye = torch.eye(self.d)
+        return SimpleNamespace(
+            layer=lambda layer: SimpleNamespace(norm1_w=None, norm1_b=None),
+            norm=lambda x, w, b: x,
+            final_norm=lambda x: x,
+            head_ov=lambda layer, head: (eye, torch.zeros(self.d), eye if head == 0 else -eye),
+            W_U=eye,
+        )
 
 
 def _dataset(n=4, task="toy"):
@@ -53,7 +57,8 @@ def _dataset(n=4, task="toy"):
     return from_records(task, records)
 
 
-def test_an_identity_ov_circuit_copies_and_its_negative_copies_negatively():
+def test_an_identity_ov_circuit_copies_and_its_negative_copies_negatively(monkeypatch):
+    monkeypatch.setattr("circuit_reuse.head_roles.ModelWeights", lambda model: model.weights())
     heads = [ReadHead(0, 0, "mover"), ReadHead(0, 1, "negative_mover")]
     copy, ov = ov_copy_tables(IdentityOVModel(), _dataset(), heads)
     copy = copy.set_index("role")
