@@ -1,8 +1,10 @@
-"""Time the fast path patching against the literal reference on a GPT-2-medium-shaped model.
+"""Time the fast path patching against the literal reference on a released model's shape (GPT-2 medium's by default).
 
-A seeded random model with GPT-2 medium's shape (24 layers x 16 heads, d_model 1024; the library's random
-stand-in, whose shape is checked against the real gpt2-medium config) runs N Colored Objects prompts (62 real
-tokens each, the library's generator with the real tokenizer). For three stages (the logits; the queries of
+A seeded random model with the shape of --architecture (default GPT-2 medium: 24 layers x 16 heads, d_model
+1024; the library's random stand-in, whose shape is checked against the real config where one is given; any
+shipped architecture of another family, e.g. pythia-160m, smollm2-135m, qwen2.5-0.5b, with its own blocks) runs
+N Colored Objects prompts (62 real tokens each, the library's generator with the real GPT-2 tokenizer; a
+stand-in of another family takes that vocabulary). For three stages (the logits; the queries of
 three late mover heads at END; the keys and values of the paper's inhibition heads at the question's object)
 and a fourth on N Greater-Than prompts scored by their probability difference (the logits stage, where the
 fast path must form every sender's full-vocabulary logits), it times the reference on a fixed sample of
@@ -13,6 +15,7 @@ workload would take with each implementation.
 
     python scripts/benchmark_patching.py                      # CPU, N = 32, 4 reference senders per stage
     python scripts/benchmark_patching.py --device cuda --n-prompts 100
+    python scripts/benchmark_patching.py --architecture smollm2-135m  # another family; heads at the same depth
     python scripts/benchmark_patching.py --sender-set below_lowest   # another sender set (default: the authors')
     python scripts/benchmark_patching.py --method eap_ig --ig-steps 5   # attribution patching beside the fast path
 
@@ -41,26 +44,44 @@ import torch
 from circuit_reuse import patching
 from circuit_reuse.attribution import DEFAULT_IG_STEPS, METHODS, attribution_patch
 from circuit_reuse.datasets import make_dataset
-from circuit_reuse.families import architecture
+from circuit_reuse.families import architecture, architectures
 from circuit_reuse.models import ModelSpec, cache_model, load_model, model_device, resolve_tokenizer_dir
 from circuit_reuse.paper import PAPER_HEADS
 from circuit_reuse.statistics import spearman
 
-ARCHITECTURE = "gpt2-medium"
+DEFAULT_ARCHITECTURE = "gpt2-medium"
 MEDIUM = PAPER_HEADS["gpt2-medium"]
 # q receivers for the query stage: three of the paper's GPT-2 medium mover heads (layers 15-17), at END.
-MOVER_QUERIES = [(layer, head, "q") for layer, head in MEDIUM["movers"][:3]]
+MOVER_QUERIES = [(layer, head) for layer, head in MEDIUM["movers"][:3]]
 # k and v receivers for the key/value stage: the paper's inhibition heads, at the question's object, as in the
 # Colored Objects stage that finds induction and duplicate-token heads.
-INHIBITION_KEYS_VALUES = [(layer, head, part) for layer, head in MEDIUM["inhibition"] for part in "kv"]
-# stage -> (receivers, the dataset role patched, the name printed, the task whose prompts and metric it uses)
+INHIBITION_HEADS = list(MEDIUM["inhibition"])
+# stage -> (the dataset role patched, the task whose prompts and metric it uses); receivers from `stage_receivers`.
+# Greater-Than's probability difference needs every sender's full-vocabulary logits at END.
 STAGES = {
-    "logits": ("logits", "END", "logits (END)", "colored_objects"),
-    "query": (MOVER_QUERIES, "END", "q of 15.14 16.15 17.4", "colored_objects"),
-    "keyvalue": (INHIBITION_KEYS_VALUES, "question_object", "k,v of 12.3 13.4 13.13 @obj", "colored_objects"),
-    # Greater-Than's probability difference needs every sender's full-vocabulary logits at END.
-    "probdiff": ("logits", "END", "logits, prob. diff (GT)", "greater_than"),
+    "logits": ("END", "colored_objects"),
+    "query": ("END", "colored_objects"),
+    "keyvalue": ("question_object", "colored_objects"),
+    "probdiff": ("END", "greater_than"),
 }
+
+
+def at_depth(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """GPT-2 medium's heads at the same relative depth of another shape (the same heads for GPT-2 medium)."""
+    return [(min(n_layers - 1, round(layer * n_layers / 24)), head * n_heads // 16) for layer, head in heads]
+
+
+def stage_receivers(stage: str, n_layers: int, n_heads: int) -> tuple[str | list, str]:
+    """A stage's receivers on a model of this shape, and the name printed for them."""
+    if stage in ("logits", "probdiff"):
+        return "logits", "logits (END)" if stage == "logits" else "logits, prob. diff (GT)"
+    if stage == "query":
+        heads = at_depth(MOVER_QUERIES, n_layers, n_heads)
+        return [(layer, head, "q") for layer, head in heads], "q of " + " ".join(f"{l}.{h}" for l, h in heads)
+    heads = at_depth(INHIBITION_HEADS, n_layers, n_heads)
+    receivers = [(layer, head, part) for layer, head in heads for part in "kv"]
+    return receivers, "k,v of " + " ".join(f"{l}.{h}" for l, h in heads) + " @obj"
+
 
 # The paper's workload, for the extrapolation: per model (name, n_layers, n_heads, d_model) and task, each stage
 # after the logits with the heads that receive in it (the previous stage's), from the heads the paper names
@@ -100,6 +121,13 @@ def paper_sender_counts(sender_set: str) -> dict[tuple, dict[str, dict[str, int]
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--architecture",
+        default=DEFAULT_ARCHITECTURE,
+        choices=sorted(architectures()),
+        help="the released shape the random stand-in copies (default gpt2-medium, the paper's heads; another "
+        "shape takes the heads at the same relative depth)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--n-prompts", type=int, default=32, help="Colored Objects prompts (default 32)")
     parser.add_argument("--reference-senders", type=int, default=4, help="senders the reference is timed on")
@@ -125,21 +153,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_shape_against_real_config() -> str:
-    """The random stand-in's shape is the shipped architecture's; say whether the real gpt2-medium config agrees."""
+def check_shape_against_real_config(name: str) -> str:
+    """The random stand-in's shape is the shipped architecture's; say whether a real GPT-2 config agrees."""
+    record = architecture(name)
     configs = os.environ.get("CIRCUIT_REUSE_GPT2_CONFIGS")
-    shape = architecture(ARCHITECTURE)["config"]
-    if not configs or not (Path(configs) / f"{ARCHITECTURE}.json").is_file():
-        return "shape not checked (set CIRCUIT_REUSE_GPT2_CONFIGS to check it against the real config)"
-    real = json.loads((Path(configs) / f"{ARCHITECTURE}.json").read_text())
-    mismatched = {key: (value, real.get(key)) for key, value in shape.items() if real.get(key) != value}
+    if not configs or not (Path(configs) / f"{name}.json").is_file():
+        return f"shape as shipped ({record['source']})"
+    real = json.loads((Path(configs) / f"{name}.json").read_text())
+    mismatched = {key: (value, real.get(key)) for key, value in record["config"].items() if real.get(key) != value}
     if mismatched:
-        raise SystemExit(f"the random {ARCHITECTURE} stand-in differs from the real config: {mismatched}")
-    return f"shape matches {Path(configs) / (ARCHITECTURE + '.json')}"
+        raise SystemExit(f"the random {name} stand-in differs from the real config: {mismatched}")
+    return f"shape matches {Path(configs) / (name + '.json')}"
 
 
-def build_model(model_dir: Path, tokenizer_dir: Path, device: str):
-    spec = ModelSpec(name=f"{ARCHITECTURE}-random", source="random", architecture=ARCHITECTURE, seed=0)
+def build_model(name: str, model_dir: Path, tokenizer_dir: Path, device: str):
+    spec = ModelSpec(name=f"{name}-random", source="random", architecture=name, seed=0)
     cache_model(spec, model_dir, tokenizer_dir=tokenizer_dir)
     return load_model(model_dir, device=device)
 
@@ -289,7 +317,7 @@ def run_approximation_stage(model, dataset, receivers, role: str, args) -> dict:
     }
 
 
-def print_approximation_table(results: dict, args, device) -> None:
+def print_approximation_table(results: dict, names: dict[str, str], args, device) -> None:
     method = args.method if args.method == "eap" else f"eap_ig ({args.ig_steps} steps)"
     header = (
         f"{'stage':<30}{'senders':>8}{'fast s':>10}{method + ' s':>24}{'fast/approx':>13}"
@@ -299,7 +327,7 @@ def print_approximation_table(results: dict, args, device) -> None:
     print("-" * len(header))
     for stage, r in results.items():
         print(
-            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['fast_total']:>10.2f}{r['approximate_total']:>24.2f}"
+            f"{names[stage]:<30}{r['senders']:>8}{r['fast_total']:>10.2f}{r['approximate_total']:>24.2f}"
             f"{r['ratio']:>12.2f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}{r['spearman']:>10.3f}"
             f"{r['fast_memory']:>10.0f}{r['approximate_memory']:>12.0f}"
         )
@@ -309,9 +337,9 @@ def print_approximation_table(results: dict, args, device) -> None:
     print(f"against the exact scores over the stage's senders. Peak memory as below ({device}).")
 
 
-def extrapolate(per_sender_prompt: dict[str, float], sender_set: str) -> tuple[float, list[str]]:
+def extrapolate(per_sender_prompt: dict[str, float], sender_set: str, name: str) -> tuple[float, list[str]]:
     """Seconds for the paper's workload from the measured seconds per sender and prompt of each stage kind."""
-    _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == ARCHITECTURE)
+    _, n_layers, _, d_model = next(key for key in PAPER_WORKLOAD if key[0] == name)
     total = 0.0
     counts = paper_sender_counts(sender_set)
     for (_, layers, _, width), tasks in counts.items():
@@ -357,18 +385,20 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
 
-    shape_note = check_shape_against_real_config()
+    shape_note = check_shape_against_real_config(args.architecture)
     with tempfile.TemporaryDirectory(prefix="benchmark-patching-") as tmp:
         model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / "model"
-        model = build_model(model_dir, tokenizer_dir, args.device)
+        model = build_model(args.architecture, model_dir, tokenizer_dir, args.device)
         datasets = {
             task: make_dataset(task, args.n_prompts, seed=args.seed, tokenizer=tokenizer_dir)
-            for task in dict.fromkeys(STAGES[stage][3] for stage in stages)
+            for task in dict.fromkeys(STAGES[stage][1] for stage in stages)
         }
         device = model_device(model)
+        cfg = model.cfg
+        groups = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         print(
-            f"model: random {ARCHITECTURE} stand-in ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
-            f"d_model {model.cfg.d_model}), {shape_note}"
+            f"model: random {args.architecture} stand-in ({cfg.n_layers} layers x {cfg.n_heads} heads in {groups} "
+            f"key/value groups, d_model {cfg.d_model}), {shape_note}"
         )
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
         for task, prompts in datasets.items():
@@ -380,15 +410,16 @@ def main(argv=None) -> int:
         with torch.no_grad():  # warm up kernels and allocator so neither implementation pays for them
             model(next(iter(datasets.values())).clean_tokens[:2].to(device))
 
-        results = {}
+        results, names = {}, {}
         for stage in stages:
-            receivers, role, _, task = STAGES[stage]
+            role, task = STAGES[stage]
+            receivers, names[stage] = stage_receivers(stage, cfg.n_layers, cfg.n_heads)
             measure = run_stage if args.method == "exact" else run_approximation_stage
             results[stage] = measure(model, datasets[task], receivers, role, args)
 
     print()
     if args.method != "exact":
-        print_approximation_table(results, args, device)
+        print_approximation_table(results, names, args, device)
         return 0
     header = (
         f"{'stage':<30}{'senders':>8}{'ref s/sender':>14}{'fast s/sender':>15}{'ratio':>9}"
@@ -398,7 +429,7 @@ def main(argv=None) -> int:
     print("-" * len(header))
     for stage, r in results.items():
         print(
-            f"{STAGES[stage][2]:<30}{r['senders']:>8}{r['reference_per_sender']:>14.3f}{r['fast_per_sender']:>15.5f}"
+            f"{names[stage]:<30}{r['senders']:>8}{r['reference_per_sender']:>14.3f}{r['fast_per_sender']:>15.5f}"
             f"{r['ratio']:>8.0f}x{r['max_difference']:>12.2e}{r['max_score']:>12.3g}"
             f"{r['fast_memory']:>15.0f}{r['reference_memory']:>14.0f}"
         )
@@ -418,17 +449,17 @@ def main(argv=None) -> int:
     )
     print(f"peak memory: {memory_kind}.")
 
-    if {"logits", "query"} <= set(results):
+    if {"logits", "query"} <= set(results) and any(key[0] == args.architecture for key in PAPER_WORKLOAD):
         per_sender_prompt = {
             implementation: {
-                kind: results[kind][f"{implementation}_per_sender"] / len(datasets[STAGES[kind][3]]) for kind in results
+                kind: results[kind][f"{implementation}_per_sender"] / len(datasets[STAGES[kind][1]]) for kind in results
             }
             for implementation in ("reference", "fast")
         }
         print()
         print(f"extrapolated full-paper workload on this device ({device}):")
         for implementation in ("reference", "fast"):
-            seconds, assumptions = extrapolate(per_sender_prompt[implementation], args.sender_set)
+            seconds, assumptions = extrapolate(per_sender_prompt[implementation], args.sender_set, args.architecture)
             print(f"  {implementation:<10}{seconds:>14,.0f} s = {seconds / 3600:>9,.2f} h")
         print("  assumptions:")
         for line in assumptions:
