@@ -179,7 +179,8 @@ def test_paths(smoke_config, tmp_path, monkeypatch, tokenizer_dir):
     monkeypatch.delenv("CIRCUIT_REUSE_TOKENIZER", raising=False)
     config = validate_config(smoke_config)
     assert path_problems(config) == [
-        "tokenizer: random stand-ins and organisms (tiny-a, tiny-b) come without a tokenizer; set `tokenizer:` or "
+        "tokenizer: random stand-ins and organisms (tiny-a, tiny-b, tiny-llama, tiny-neox) come without a tokenizer; "
+        "set `tokenizer:` or "
         "$CIRCUIT_REUSE_TOKENIZER to a directory holding the GPT-2 tokenizer files"
     ]
     config["tokenizer"] = str(tmp_path / "nowhere")

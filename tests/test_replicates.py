@@ -131,7 +131,7 @@ def test_driver_runs_each_replicate_with_its_seeds_and_one_model_cache(tmp_path,
         assert load_dataset(run / "results/datasets/ioi.jsonl").meta["seed"] == seeds[0]
         assert load_dataset(run / "results/datasets/colored_objects.jsonl").meta["seed"] == seeds[1]
         assert not (run / "results/models").exists()  # weights live in the one shared cache
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["tiny-a", "tiny-b"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["tiny-a", "tiny-b", "tiny-llama", "tiny-neox"]
     table = read_parquet(out / "seed_variation.parquet")
     assert set(table["family"]) == {"baseline"} and (table["n"] == 2).all()
     assert {"offset_0", "offset_1"} <= set(table.columns)
