@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -96,6 +96,35 @@ def _rope_problems(config) -> list[str]:
     return [f"rope type {rope_type}"] if rope_type in ("dynamic", "longrope") else []
 
 
+_LLAMA = Family(
+    name="llama",
+    model_class="LlamaForCausalLM",
+    config_class="LlamaConfig",
+    norm="rms",
+    activation="silu",
+    gated_mlp=True,
+    positions="rotary",
+    shape_fields=("num_hidden_layers", "num_attention_heads", "hidden_size"),
+    parallel=lambda config: False,
+    unsupported=_llama_unsupported,
+    override_fields=(
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "hidden_size",
+        "intermediate_size",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "vocab_size",
+    ),
+)
+# Qwen2 is Llama's block with q/k/v biases (read like any bias) and an optional sliding window (refused).
+_QWEN2 = replace(
+    _LLAMA, name="qwen2", model_class="Qwen2ForCausalLM", config_class="Qwen2Config", unsupported=_qwen2_unsupported
+)
+
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -145,54 +174,8 @@ FAMILIES: dict[str, Family] = {
                 "vocab_size",
             ),
         ),
-        Family(
-            name="llama",
-            model_class="LlamaForCausalLM",
-            config_class="LlamaConfig",
-            norm="rms",
-            activation="silu",
-            gated_mlp=True,
-            positions="rotary",
-            shape_fields=("num_hidden_layers", "num_attention_heads", "hidden_size"),
-            parallel=lambda config: False,
-            unsupported=_llama_unsupported,
-            override_fields=(
-                "num_hidden_layers",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "hidden_size",
-                "intermediate_size",
-                "max_position_embeddings",
-                "rms_norm_eps",
-                "rope_theta",
-                "tie_word_embeddings",
-                "vocab_size",
-            ),
-        ),
-        Family(
-            name="qwen2",
-            model_class="Qwen2ForCausalLM",
-            config_class="Qwen2Config",
-            norm="rms",
-            activation="silu",
-            gated_mlp=True,
-            positions="rotary",
-            shape_fields=("num_hidden_layers", "num_attention_heads", "hidden_size"),
-            parallel=lambda config: False,
-            unsupported=_qwen2_unsupported,
-            override_fields=(
-                "num_hidden_layers",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "hidden_size",
-                "intermediate_size",
-                "max_position_embeddings",
-                "rms_norm_eps",
-                "rope_theta",
-                "tie_word_embeddings",
-                "vocab_size",
-            ),
-        ),
+        _LLAMA,
+        _QWEN2,
     )
 }
 
